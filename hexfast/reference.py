@@ -1,0 +1,270 @@
+"""The HEX loss in plain PyTorch: the specification every fast path is tested against.
+
+Readable first, exact second, fast never. It materialises the similarity matrix; the fused kernel in
+`kernels/` computes the same numbers without it. The behaviour reproduces the authors' released code
+(see `docs/hex-spec.md` in the design notes, summarised here):
+
+    x = normalize(cat[z1, z2])                 [2B, D]
+    s_ik = x_i . x_k                           cosine similarities, [2B, 2B]
+    p(i) = (i + B) mod 2B                      the positive; self (k = i) is never used
+    negatives of i: every k not in {i, p(i)}, split into
+      H(i) hierarchical  (rule below)   and   R(i) regular (the others)
+    l_i = -s_ip/t + log( sum_R e^{s/t} + w sum_H e^{s/t} [+ e^{s_ip/t}] )
+    L   = mean_i l_i   over all 2B anchors
+
+Rules for H(i):
+    adaptive  s_ik > eps, eps = mean over rows of each row's nearest-rank `quantile` of the FULL row
+              (self and positive included), exactly torch.quantile(..., interpolation="nearest")
+    fixed     f_ik > eps, f_ik = (s_ik - m_i) / (M_i - m_i), m_i / M_i the min / max of the full row
+    groups    g(i) == g(k)  (supervised superclass variant)
+    none      H empty
+
+The released code adds the constant (2B - 2) e^{-1/t} to the denominator (a hard-negative term that
+always clamps to its floor). It has no gradient and only shifts the logged value, so it is left out.
+
+A row whose denominator is empty (w = 0, positive excluded, every negative hierarchical: a collapsed
+batch, a one-group `groups`) contributes l_i = 0 with zero gradient -- exactly what it would give with
+its positive alone in the denominator -- and still counts in the mean. `stats["empty_rows"]` counts
+them. eps and the masks carry no gradient.
+
+Everything is computed in float32 (float64 inputs stay float64, for gradcheck); half-precision inputs
+are upcast before normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+RULES = ("none", "adaptive", "fixed", "groups")
+
+# kthvalue over very long rows allocates per-row work buffers; bounding the elements handled per
+# call keeps the reference usable at large 2B without changing any value.
+_QUANTILE_CHUNK_ELEMENTS = 1 << 24
+
+
+def nearest_rank_index(n: int, q: float, dtype: torch.dtype = torch.float32) -> int:
+    """Ascending index that `torch.quantile(row, q, interpolation="nearest")` picks among n values.
+
+    torch stores q in the input's dtype (float32 for float32 input) and forms the rank
+    `q * (n - 1)` in double precision before rounding to the nearest integer (half to even). Doing
+    the same arithmetic keeps the index identical: e.g. q = 0.9, n = 16 gives 13.4999996 -> 13, not
+    14, because float32(0.9) < 0.9. (Checked against torch.quantile for thousands of (n, q) pairs in
+    the tests.)
+    """
+    if n < 1:
+        raise ValueError(f"a row needs at least one value, got n={n}")
+    q_stored = torch.tensor(q, dtype=dtype).item()  # q as the input's dtype holds it
+    return int(round(q_stored * (n - 1)))
+
+
+def row_quantiles(s: Tensor, q: float) -> Tensor:
+    """Exact nearest-rank q-quantile of every row of `s` ([M, N] -> [M], float32 or float64).
+
+    Equals `torch.quantile(s, q, dim=1, interpolation="nearest")` wherever that works, but also for
+    half-precision input (upcast to float32) and for any size (torch.quantile refuses more than 2^24
+    elements on older releases and sorts every row): one `kthvalue` per chunk of rows.
+    """
+    if s.dim() != 2:
+        raise ValueError(f"row_quantiles expects a 2-D tensor [M, N], got shape {tuple(s.shape)}")
+    s = s.detach()
+    if s.dtype not in (torch.float32, torch.float64):
+        s = s.float()
+    m, n = s.shape
+    k = nearest_rank_index(n, q, s.dtype) + 1  # kthvalue is 1-based, k-th smallest
+    rows_per_chunk = max(1, _QUANTILE_CHUNK_ELEMENTS // max(n, 1))
+    parts = [chunk.kthvalue(k, dim=1).values for chunk in s.split(rows_per_chunk, dim=0)]
+    return torch.cat(parts) if parts else s.new_empty(0)
+
+
+def similarities(anchors: Tensor, candidates: Tensor) -> Tensor:
+    """Cosine similarities [M, N] of the L2-normalised rows, in float32 (float64 stays float64)."""
+    dtype = torch.float64 if anchors.dtype == torch.float64 else torch.float32
+    a = F.normalize(anchors.to(dtype), dim=1)
+    c = a if candidates is anchors else F.normalize(candidates.to(dtype), dim=1)
+    return a @ c.T
+
+
+def _special_mask(m: int, n: int, pos_index: Tensor, self_index: Tensor, device) -> Tensor:
+    """[M, N] bool: True at each row's positive and self (these are never negatives)."""
+    special = torch.zeros(m, n, dtype=torch.bool, device=device)
+    rows = torch.arange(m, device=device)
+    special[rows, pos_index] = True
+    has_self = self_index >= 0
+    special[rows[has_self], self_index[has_self]] = True
+    return special
+
+
+def hierarchy_mask(
+    s: Tensor,
+    *,
+    rule: str,
+    eps=None,
+    anchor_groups: Tensor | None = None,
+    candidate_groups: Tensor | None = None,
+) -> Tensor:
+    """[M, N] bool: which entries pass the hierarchy rule (before removing self and positive)."""
+    s = s.detach()
+    if rule == "none":
+        return torch.zeros_like(s, dtype=torch.bool)
+    if rule == "adaptive":
+        return s > torch.as_tensor(eps, dtype=s.dtype, device=s.device)
+    if rule == "fixed":
+        lo = s.min(dim=1, keepdim=True).values
+        hi = s.max(dim=1, keepdim=True).values
+        den = hi - lo
+        f = torch.where(den > 0, (s - lo) / torch.where(den > 0, den, torch.ones_like(den)), 0.0)
+        return f > torch.as_tensor(eps, dtype=s.dtype, device=s.device)
+    if rule == "groups":
+        return anchor_groups.view(-1, 1) == candidate_groups.view(1, -1)
+    raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
+
+
+def hex_from_similarities(
+    s: Tensor,
+    pos_index: Tensor,
+    self_index: Tensor,
+    *,
+    temperature: float,
+    rule: str,
+    eps=None,
+    hierarchy_weight: float = 0.0,
+    positive_in_denominator: bool = False,
+    anchor_groups: Tensor | None = None,
+    candidate_groups: Tensor | None = None,
+) -> tuple[Tensor, dict]:
+    """HEX on a given similarity matrix `s` [M, N] (differentiable). Returns (mean loss, stats)."""
+    m, n = s.shape
+    rows = torch.arange(m, device=s.device)
+    with torch.no_grad():
+        special = _special_mask(m, n, pos_index, self_index, s.device)
+        negative = ~special
+        hier = hierarchy_mask(
+            s, rule=rule, eps=eps, anchor_groups=anchor_groups, candidate_groups=candidate_groups
+        ) & negative
+        coef = torch.where(hier, float(hierarchy_weight), 1.0).to(s.dtype) * negative
+        if positive_in_denominator:
+            coef[rows, pos_index] = 1.0
+        used = coef > 0
+
+    logits = s / temperature
+    # log sum_k c_k e^{l_k}, stabilised by the max over the entries actually used.
+    used_logits = logits.masked_fill(~used, -math.inf)
+    with torch.no_grad():
+        row_max = used_logits.max(dim=1).values
+        empty = torch.isinf(row_max)  # no entry used: the denominator is empty
+        row_max = torch.where(empty, torch.zeros_like(row_max), row_max)
+    sumexp = (coef * torch.exp(used_logits - row_max[:, None])).sum(dim=1)
+    lse = row_max + torch.log(torch.where(empty, torch.ones_like(sumexp), sumexp))
+    per_row = torch.where(empty, torch.zeros_like(lse), lse - logits[rows, pos_index])
+    loss = per_row.sum() / m
+
+    with torch.no_grad():
+        hier_count = hier.sum()
+        neg_count = negative.sum()
+        eps_value = (
+            torch.as_tensor(eps, dtype=torch.float32, device=s.device).detach().float()
+            if rule in ("adaptive", "fixed")
+            else torch.tensor(math.nan, dtype=torch.float32, device=s.device)
+        )
+        stats = {
+            "eps": eps_value.reshape(()),
+            "hier_fraction": hier_count.float() / neg_count.clamp_min(1).float(),
+            "hier_count": hier_count,
+            "neg_count": neg_count,
+            "empty_rows": empty.sum(),
+            "rows": torch.tensor(m, device=s.device),
+        }
+    return loss, stats
+
+
+def hex_rect(
+    anchors: Tensor,
+    candidates: Tensor,
+    pos_index: Tensor,
+    self_index: Tensor,
+    *,
+    temperature: float,
+    rule: str,
+    eps=None,
+    hierarchy_weight: float = 0.0,
+    positive_in_denominator: bool = False,
+    anchor_groups: Tensor | None = None,
+    candidate_groups: Tensor | None = None,
+) -> tuple[Tensor, dict]:
+    """The general form: anchors [M, D] against candidates [N, D].
+
+    pos_index [M] (long): each row's positive among the candidates. self_index [M] (long): each
+    row's own entry among the candidates, or -1 when it has none (e.g. MoCo queries). For the
+    adaptive rule `eps` is given by the caller (e.g. the mean of `row_quantiles` all-reduced across
+    processes); for the fixed rule it is the threshold on the min-max normalised cosine.
+    Returns (loss = mean over the M rows, stats).
+    """
+    s = similarities(anchors, candidates)
+    return hex_from_similarities(
+        s,
+        pos_index,
+        self_index,
+        temperature=temperature,
+        rule=rule,
+        eps=eps,
+        hierarchy_weight=hierarchy_weight,
+        positive_in_denominator=positive_in_denominator,
+        anchor_groups=anchor_groups,
+        candidate_groups=candidate_groups,
+    )
+
+
+def square_indices(batch: int, device=None) -> tuple[Tensor, Tensor]:
+    """Positive and self indices of the two-view case: rows [z1; z2], p(i) = (i + B) mod 2B."""
+    n = 2 * batch
+    rows = torch.arange(n, device=device)
+    return (rows + batch) % n, rows
+
+
+def hex_reference(
+    z1: Tensor,
+    z2: Tensor,
+    *,
+    temperature: float = 0.1,
+    threshold="adaptive",
+    quantile: float = 0.99,
+    hierarchy_weight: float = 0.0,
+    positive_in_denominator: bool = False,
+    groups: Tensor | None = None,
+) -> tuple[Tensor, dict]:
+    """The two-view HEX loss (no input validation: `hexfast.hex_loss` validates). Returns (loss, stats).
+
+    threshold: "adaptive" | "none" | a float in [0, 1] (fixed rule). `groups` ([B] labels) selects
+    the supervised rule and ignores `threshold`.
+    """
+    batch = z1.shape[0]
+    x = torch.cat([z1, z2], dim=0)
+    s = similarities(x, x)
+    pos_index, self_index = square_indices(batch, s.device)
+    eps = None
+    group_labels = None
+    if groups is not None:
+        rule = "groups"
+        group_labels = torch.cat([groups, groups])
+    elif isinstance(threshold, str):
+        rule = threshold
+        if rule == "adaptive":
+            eps = row_quantiles(s, quantile).mean()
+    else:
+        rule, eps = "fixed", float(threshold)
+    return hex_from_similarities(
+        s,
+        pos_index,
+        self_index,
+        temperature=temperature,
+        rule=rule,
+        eps=eps,
+        hierarchy_weight=hierarchy_weight,
+        positive_in_denominator=positive_in_denominator,
+        anchor_groups=group_labels,
+        candidate_groups=group_labels,
+    )

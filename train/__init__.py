@@ -1,0 +1,1 @@
+"""Lean Lightning trainers for eight SSL methods, with and without HEX."""
