@@ -2,7 +2,7 @@
 
 Readable first, exact second, fast never. It materialises the similarity matrix; the fused kernel in
 `kernels/` computes the same numbers without it. The behaviour reproduces the authors' released code
-(see `docs/hex-spec.md` in the design notes, summarised here):
+(`docs/hex-spec.md` states it in full; summarised here):
 
     x = normalize(cat[z1, z2])                 [2B, D]
     s_ik = x_i . x_k                           cosine similarities, [2B, 2B]
