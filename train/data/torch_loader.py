@@ -1,0 +1,120 @@
+"""The torchvision backend: a torch DataLoader whose workers build whole batches.
+
+Each worker item is one batch (the sampler hands out positions, not samples), so augmentation runs
+batched. On the CPU the workers do all of it; with device='cuda' they only gather (and for encoded
+files decode and crop) uint8 data, and the colour work runs batched on the GPU, which is faster.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig
+from .dataset import DataError, ImageDataset
+from .loader_base import PretrainLoader, batch_labels, draw_params
+from .torch_aug import crop_resize_flip, photometric, to_float_rgb
+
+
+def decode_file(path: str) -> torch.Tensor:
+    """uint8 [H, W, 3] of an encoded image file; DataError naming the file when it cannot be read."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(path, mode=ImageReadMode.RGB).permute(1, 2, 0).contiguous()
+    except Exception as e:  # corrupt / truncated since the up-front check, or deleted
+        raise DataError(f"cannot decode image file {path}: {e}") from e
+
+
+class _BatchMaker(torch.utils.data.Dataset):
+    """Item ``step`` = the batch at (epoch, step), built in a worker."""
+
+    def __init__(self, loader: "TorchvisionLoader", epoch: int) -> None:
+        self.ds, self.aug, self.epoch = loader.dataset, loader.aug, epoch
+        self.sampler, self.seed, self.rank = loader.sampler, loader.seed, loader.rank
+        self.finish_here = loader.device.type == "cpu"
+
+    def __len__(self) -> int:
+        return self.sampler.steps
+
+    def __getitem__(self, step: int) -> dict:
+        idx = self.sampler.batch(self.epoch, step)
+        fine, coarse = batch_labels(self.ds, idx)
+        out = {"fine": torch.from_numpy(fine), "coarse": torch.from_numpy(coarse),
+               "index": torch.from_numpy(idx)}
+        if self.ds.images is not None:
+            raw = torch.from_numpy(self.ds.images[idx])
+            n, h, w = raw.shape[:3]
+            params = draw_params(self.aug, [h] * n, [w] * n, self.seed, self.rank, self.epoch, step)
+            if not self.finish_here:  # the GPU crops and colours the raw batch
+                return {**out, "raw": raw, "params": params}
+            x = to_float_rgb(raw)
+            geo = [crop_resize_flip(x, p, r.size) for p, r in zip(params, self.aug.views)]
+        else:
+            imgs = [decode_file(self.ds.files[i]) for i in idx]
+            params = draw_params(self.aug, [im.shape[0] for im in imgs], [im.shape[1] for im in imgs],
+                                 self.seed, self.rank, self.epoch, step)
+            geo = []
+            for p, r in zip(params, self.aug.views):  # sizes differ: crop one by one
+                one = [crop_resize_flip(to_float_rgb(im[None]), _row(p, k), r.size)
+                       for k, im in enumerate(imgs)]
+                geo.append(torch.cat(one))
+            if not self.finish_here:  # ship uint8 crops, colour on the GPU
+                geo = [(g * 255).round_().to(torch.uint8) for g in geo]
+                return {**out, "crops": geo, "params": params}
+        out["views"] = [photometric(g, p, r, self.ds.mean, self.ds.std)
+                        for g, p, r in zip(geo, params, self.aug.views)]
+        return out
+
+
+def _row(p, k: int):
+    """The parameters of sample k alone (a batch of one)."""
+    return type(p)(**{name: value[k:k + 1] for name, value in vars(p).items()})
+
+
+class TorchvisionLoader(PretrainLoader):
+    backend = "torchvision"
+
+    def __init__(self, dataset: ImageDataset, aug: AugmentConfig, *, batch_size: int,
+                 device: str = "cpu", seed: int = 0, rank: int = 0, world_size: int = 1,
+                 num_workers: int | None = None) -> None:
+        super().__init__(dataset, aug, batch_size=batch_size, device=device, seed=seed, rank=rank,
+                         world_size=world_size)
+        self.num_workers = default_workers() if num_workers is None else num_workers
+
+    def _batches(self, epoch: int, start: int) -> Iterator[dict]:
+        maker = _BatchMaker(self, epoch)
+        loader = torch.utils.data.DataLoader(
+            maker, batch_size=None, sampler=range(start, len(self)), num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if self.num_workers > 0 else None)
+        for item in loader:
+            yield self._finish(item)
+
+    def _finish(self, item: dict) -> dict:
+        dev = self.device
+        batch = {k: item[k].to(dev, non_blocking=True) for k in ("fine", "coarse", "index")}
+        if "views" in item:
+            batch["views"] = [v.to(dev, non_blocking=True) for v in item["views"]]
+            return batch
+        params, views = item["params"], []
+        if "raw" in item:
+            x = to_float_rgb(item["raw"].to(dev, non_blocking=True))
+            geo = [crop_resize_flip(x, p, r.size) for p, r in zip(params, self.aug.views)]
+        else:
+            geo = [c.to(dev, non_blocking=True).float().div_(255) for c in item["crops"]]
+        for g, p, r in zip(geo, params, self.aug.views):
+            views.append(photometric(g, p, r, self.dataset.mean, self.dataset.std))
+        batch["views"] = views
+        return batch
+
+
+def default_workers() -> int:
+    """All CPU cores this process may use, at most 16."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(16, n))
