@@ -68,7 +68,8 @@ def _folder(root: Path, name: str) -> Path:
 def _names(meta_path: Path, key: str) -> list[str]:
     if not meta_path.exists():
         return []
-    return [str(n) for n in load_pickle(meta_path).get(key, [])]
+    names = load_pickle(meta_path).get(key, [])
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
 def read_cifar10(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
