@@ -1,1 +1,19 @@
-"""Fused Triton kernels for HEX. Imported lazily: a CPU-only install without Triton still works."""
+"""Fused Triton kernels for HEX. Imported lazily: a CPU-only install without Triton still works.
+
+`kernels.hex_loss_triton`, `kernels.hex_rect` and `kernels.row_quantiles` load Triton on first use
+(`import kernels` alone never does). Design: docs/kernel.md.
+"""
+
+__all__ = ["hex_loss_triton", "hex_rect", "row_quantiles"]
+
+
+def __getattr__(name):
+    if name in ("hex_loss_triton", "hex_rect"):
+        from kernels import hex_triton
+
+        return getattr(hex_triton, name)
+    if name == "row_quantiles":
+        from kernels import quantile
+
+        return quantile.row_quantiles
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}")

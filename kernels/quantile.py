@@ -1,0 +1,238 @@
+"""Exact per-row order statistics of the similarity matrix without materialising it.
+
+    row_quantiles(anchors [M, D], candidates [N, D], q) -> [M] fp32
+        == hexfast.reference.row_quantiles(S, q) for the kernel's own S (bit for bit)
+
+Algorithm (a counting refinement, i.e. a radix select driven by comparisons):
+each row i keeps an interval [lo_i, hi_i) of fp32 values and the exact counts
+c_lo = #{k : s_ik >= lo_i} and c_hi = #{k : s_ik >= hi_i}, with the invariant
+c_lo >= K > c_hi, where the wanted value is the K-th largest of the row. So the answer lies in
+[lo_i, hi_i). Initially [-2, 2) (every cosine lies in [-1 - 1e-6, 1 + 1e-6]): c_lo = N, c_hi = 0.
+
+1. Count pass (`_count_kernel`): stream all column tiles, recompute s, and count for each row the
+   values >= each of T = 16 thresholds lo = t_0 <= t_1 <= ... <= t_15 < hi placed inside its
+   interval; keep the sub-interval [t_j, t_j+1) whose counts still bracket K. While the interval is
+   wide the thresholds are spaced evenly in value; once it spans at most 2^24 fp32 numbers they are
+   spaced evenly in the order-preserving integer key of the fp32 bits, so every pass divides the
+   number of fp32 values the interval can hold by 16 and the loop must end.
+2. A row stops refining once its interval holds at most SELECT_CAPACITY values (c_lo - c_hi), or
+   holds a single fp32 value (then that value is the answer).
+3. Collect pass (`_collect_kernel`): one more stream writes each remaining row's values inside its
+   interval to a [rows, SELECT_CAPACITY] buffer (positions from a running count and a cumsum: no
+   atomics, deterministic); the answer is the (K - c_hi)-th largest of them (torch.sort).
+
+Why it is exact: counts are exact integers of comparisons on the very fp32 values s the other passes
+use (same tile code, same tile shape), the invariant never loses the K-th value, and the last step
+either reads the only fp32 value left or sorts the complete set of candidates.
+
+Passes: at q = 0.99 on typical embeddings 2 count passes + 1 collect pass at 2B = 8192 (the first
+pass narrows [-2, 2) to a 0.25-wide interval, the second to 1/64), one or two more at 2B = 262144.
+Each pass costs one similarity matmul plus 16 comparisons per entry. Memory: O(M * (T + CAP)).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._tiles import sim_tile
+from kernels.config import SELECT_CAPACITY, SELECT_THRESHOLDS
+from kernels.prepare import Prepared, prepare
+
+_START_LO, _START_HI = -2.0, 2.0  # brackets every cosine (|s| <= 1 + a few ulps)
+_KEY_LERP_SPAN = 1 << 24  # switch from value-spaced to key-spaced thresholds below this span
+_MAX_PASSES = 64  # never reached: 32 bits / 4 bits per key-spaced pass + a few value-spaced ones
+
+
+@triton.jit
+def _count_kernel(A, C, RA, RC, ROWS, n_rows, THR, CNT, N, D, stride_a, stride_c,
+                  NT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_D: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """CNT[r, j] = #{k : s[ROWS[r], k] >= THR[r, j]} for the n_rows selected rows."""
+    pid = tl.program_id(0)
+    idx = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    idx_ok = idx < n_rows
+    rows = tl.load(ROWS + idx, mask=idx_ok, other=0).to(tl.int64)
+    ra = tl.load(RA + rows, mask=idx_ok, other=1.0)
+    jr = tl.arange(0, NT)
+    cnt = tl.zeros([BLOCK_M, NT], dtype=tl.int32)
+    for n0 in range(0, N, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        rc = tl.load(RC + cols, mask=col_ok, other=1.0)
+        s = sim_tile(A, C, ra, rc, rows, idx_ok, cols.to(tl.int64), col_ok, D, stride_a, stride_c,
+                     BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        for j in tl.static_range(NT):
+            t = tl.load(THR + idx.to(tl.int64) * NT + j, mask=idx_ok, other=0.0)
+            c = tl.sum((s >= t[:, None]).to(tl.int32), axis=1)
+            cnt += tl.where(jr[None, :] == j, c[:, None], 0)
+    tl.store(CNT + idx.to(tl.int64)[:, None] * NT + jr[None, :], cnt, mask=idx_ok[:, None])
+
+
+@triton.jit
+def _collect_kernel(A, C, RA, RC, ROWS, n_rows, LO, HI, BUF, N, D, stride_a, stride_c,
+                    CAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_D: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """BUF[r, :count] = the values of row ROWS[r] in [LO[r], HI[r]) (count <= CAP), column order."""
+    pid = tl.program_id(0)
+    idx = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    idx_ok = idx < n_rows
+    rows = tl.load(ROWS + idx, mask=idx_ok, other=0).to(tl.int64)
+    ra = tl.load(RA + rows, mask=idx_ok, other=1.0)
+    lo = tl.load(LO + idx, mask=idx_ok, other=0.0)
+    hi = tl.load(HI + idx, mask=idx_ok, other=0.0)
+    filled = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for n0 in range(0, N, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        rc = tl.load(RC + cols, mask=col_ok, other=1.0)
+        s = sim_tile(A, C, ra, rc, rows, idx_ok, cols.to(tl.int64), col_ok, D, stride_a, stride_c,
+                     BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
+        inside = (s >= lo[:, None]) & (s < hi[:, None]) & col_ok[None, :] & idx_ok[:, None]
+        slot = filled[:, None] + tl.cumsum(inside.to(tl.int32), axis=1) - 1
+        tl.store(BUF + idx.to(tl.int64)[:, None] * CAP + slot, s, mask=inside & (slot < CAP))
+        filled += tl.sum(inside.to(tl.int32), axis=1)
+
+
+@triton.jit
+def _minmax_kernel(A, C, RA, RC, M, N, D, stride_a, stride_c, OUT_MIN, OUT_MAX,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   NORM_DIV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """Row minimum and maximum of s over all N columns (the fixed rule's m_i and M_i)."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < M
+    rows64 = rows.to(tl.int64)
+    ra = tl.load(RA + rows64, mask=row_ok, other=1.0)
+    lo = tl.full([BLOCK_M], float("inf"), tl.float32)
+    hi = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        rc = tl.load(RC + cols, mask=col_ok, other=1.0)
+        s = sim_tile(A, C, ra, rc, rows64, row_ok, cols.to(tl.int64), col_ok, D, stride_a, stride_c,
+                     BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
+        lo = tl.minimum(lo, tl.min(tl.where(col_ok[None, :], s, float("inf")), axis=1))
+        hi = tl.maximum(hi, tl.max(tl.where(col_ok[None, :], s, float("-inf")), axis=1))
+    tl.store(OUT_MIN + rows64, lo, mask=row_ok)
+    tl.store(OUT_MAX + rows64, hi, mask=row_ok)
+
+
+# ---------------------------------------------------------------- order-preserving fp32 keys (torch)
+_SIGN = 0x80000000
+_MASK32 = 0xFFFFFFFF
+
+
+def _to_key(x: torch.Tensor) -> torch.Tensor:
+    """fp32 -> int64 in [0, 2^32): monotone in the value (-0.0 is folded onto +0.0)."""
+    bits = (x.float() + 0.0).view(torch.int32).to(torch.int64) & _MASK32
+    return torch.where(bits >= _SIGN, (~bits) & _MASK32, bits | _SIGN)
+
+
+def _from_key(k: torch.Tensor) -> torch.Tensor:
+    bits = torch.where(k >= _SIGN, k & 0x7FFFFFFF, (~k) & _MASK32)
+    bits = torch.where(bits >= _SIGN, bits - (1 << 32), bits)  # to the int32 range
+    return bits.to(torch.int32).view(torch.float32)
+
+
+def _thresholds(lo: torch.Tensor, hi: torch.Tensor, nt: int) -> torch.Tensor:
+    """[R, nt] nondecreasing thresholds in [lo, hi), the first one lo itself."""
+    frac = torch.arange(nt, device=lo.device, dtype=torch.float32) / nt
+    by_value = lo[:, None] + (hi - lo)[:, None] * frac[None, :]
+    by_value = torch.minimum(torch.maximum(by_value, lo[:, None]), hi[:, None])
+    klo, khi = _to_key(lo), _to_key(hi)
+    span = khi - klo
+    steps = torch.arange(nt, device=lo.device, dtype=torch.int64)
+    by_key = _from_key(klo[:, None] + (span[:, None] * steps[None, :]) // nt)
+    thr = torch.where((span <= _KEY_LERP_SPAN)[:, None], by_key, by_value)
+    thr[:, 0] = lo
+    return torch.cummax(thr, dim=1).values.contiguous()
+
+
+def kth_largest(p: Prepared, kth: int) -> torch.Tensor:
+    """[M] fp32: the kth-largest (1-based) similarity of every anchor row over the N candidates."""
+    m, n = p.m, p.n
+    if not 1 <= kth <= n:
+        raise ValueError(f"kth must lie in [1, {n}], got {kth}")
+    dev = p.a.device
+    nt, cap = SELECT_THRESHOLDS, SELECT_CAPACITY
+    cfg = p.cfg
+    meta = p.sim_meta()
+    lo = torch.full((m,), _START_LO, device=dev, dtype=torch.float32)
+    hi = torch.full((m,), _START_HI, device=dev, dtype=torch.float32)
+    c_lo = torch.full((m,), n, device=dev, dtype=torch.int64)
+    c_hi = torch.zeros(m, device=dev, dtype=torch.int64)
+    for _ in range(_MAX_PASSES):
+        single = (_to_key(hi) - _to_key(lo)) <= 1  # the interval holds one fp32 value: lo
+        refine = ((c_lo - c_hi) > cap) & ~single
+        rows = refine.nonzero().flatten()
+        r = rows.numel()  # the one host synchronisation per pass
+        if r == 0:
+            break
+        thr = _thresholds(lo[rows], hi[rows], nt)
+        cnt = torch.empty((r, nt), device=dev, dtype=torch.int32)
+        grid = (triton.cdiv(r, cfg.block_m),)
+        _count_kernel[grid](*p.sim_args(), rows.to(torch.int32), r, thr, cnt, n, p.d,
+                            p.a.stride(0), p.c.stride(0), NT=nt, **meta)
+        cnt = cnt.to(torch.int64)
+        j = (cnt >= kth).sum(dim=1, keepdim=True) - 1  # last threshold still bracketing the kth
+        j_next = (j + 1).clamp_max(nt - 1)
+        has_next = j + 1 < nt
+        new_hi = torch.where(has_next, thr.gather(1, j_next), hi[rows, None]).flatten()
+        new_c_hi = torch.where(has_next, cnt.gather(1, j_next), c_hi[rows, None]).flatten()
+        lo[rows] = thr.gather(1, j).flatten()
+        c_lo[rows] = cnt.gather(1, j).flatten()
+        hi[rows] = new_hi
+        c_hi[rows] = new_c_hi
+    else:
+        raise RuntimeError("row selection did not converge; this is a bug, please report it")
+
+    result = lo.clone()  # right for the rows whose interval holds a single fp32 value
+    single = (_to_key(hi) - _to_key(lo)) <= 1
+    rows = (~single).nonzero().flatten()
+    r = rows.numel()
+    if r:
+        width = min(cap, n)
+        buf = torch.full((r, width), float("-inf"), device=dev, dtype=torch.float32)
+        grid = (triton.cdiv(r, cfg.block_m),)
+        _collect_kernel[grid](*p.sim_args(), rows.to(torch.int32), r, lo[rows].contiguous(),
+                              hi[rows].contiguous(), buf, n, p.d, p.a.stride(0), p.c.stride(0),
+                              CAP=width, **meta)
+        rank = (kth - c_hi[rows] - 1)[:, None]  # 0-based rank among the values in [lo, hi)
+        result[rows] = buf.sort(dim=1, descending=True).values.gather(1, rank).flatten()
+    return result
+
+
+def nearest_rank_kth(n: int, q: float) -> int:
+    """1-based kth-largest that torch.quantile(row, q, interpolation="nearest") picks of n values."""
+    from hexfast.reference import nearest_rank_index
+
+    return n - nearest_rank_index(n, q)
+
+
+def row_quantiles(anchors: torch.Tensor, candidates: torch.Tensor, q: float) -> torch.Tensor:
+    """Exact nearest-rank q-quantile of every row of S = normalize(anchors) normalize(candidates)^T.
+
+    anchors [M, D], candidates [N, D] (fp32 / bf16 / fp16, CUDA or the interpreter) -> [M] fp32.
+    Multi-process training: all-reduce `row_quantiles(local, gathered, q).sum()` and the row count,
+    and pass their ratio to `hex_rect(..., eps=...)`.
+    """
+    if not 0.0 <= float(q) <= 1.0:
+        raise ValueError(f"quantile must lie in [0, 1], got {q}")
+    with torch.no_grad():
+        a = anchors.detach()
+        p = prepare(a, a if candidates is anchors else candidates.detach())
+        return kth_largest(p, nearest_rank_kth(p.n, float(q)))
+
+
+def row_min_max(p: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M] fp32 row minimum and maximum of s (one streamed pass)."""
+    lo = torch.empty(p.m, device=p.a.device, dtype=torch.float32)
+    hi = torch.empty_like(lo)
+    grid = (triton.cdiv(p.m, p.cfg.block_m),)
+    _minmax_kernel[grid](*p.sim_args(), p.m, p.n, p.d, p.a.stride(0), p.c.stride(0), lo, hi,
+                         **p.sim_meta())
+    return lo, hi
