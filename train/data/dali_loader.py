@@ -18,7 +18,7 @@ import torch
 
 from .augment import AugmentConfig
 from .dataset import DataError, ImageDataset
-from .dali_pipeline import HEAD, build_pipeline
+from .dali_pipeline import HEAD, build_pipeline, view_fields
 from .loader_base import PretrainLoader, batch_labels, draw_params
 
 
@@ -66,16 +66,23 @@ class _Stream:
             widths = np.full(len(idx), images.shape[2])
         position = np.tile(np.array([epoch, step], dtype=np.int64), (len(idx), 1))
         outs = [images, fine, coarse, idx, position]
-        for p in draw_params(ld.aug, heights, widths, ld.seed, ld.rank, epoch, step):
+        params = draw_params(ld.aug, heights, widths, ld.seed, ld.rank, epoch, step)
+        for p, recipe in zip(params, ld.aug.views):
             y0, x0 = p.top / heights, p.left / widths
             y1, x1 = (p.top + p.height) / heights, (p.left + p.width) / widths
             xs, xe = np.where(p.flip, x1, x0), np.where(p.flip, x0, x1)  # start > end flips
-            outs += [np.stack([y0, xs], 1).astype(np.float32), np.stack([y1, xe], 1).astype(np.float32),
-                     p.brightness, p.contrast,
-                     np.where(p.gray, np.float32(0), p.saturation).astype(np.float32),
-                     (p.hue * 360.0).astype(np.float32),
-                     np.maximum(p.sigma, np.float32(1e-3)),  # ~delta kernel: DALI reads 0 as "auto"
-                     np.where(p.solarize, np.float32(128), np.float32(256))]
+            fields = {
+                "roi_start": lambda: np.stack([y0, xs], 1).astype(np.float32),
+                "roi_end": lambda: np.stack([y1, xe], 1).astype(np.float32),
+                "brightness": lambda: p.brightness, "contrast": lambda: p.contrast,
+                # grayscale = zero saturation: DALI's twist scales the YIQ chroma, which commutes
+                # with its hue rotation, so this is the grey of the jittered image
+                "saturation": lambda: np.where(p.gray, np.float32(0), p.saturation).astype(np.float32),
+                "hue": lambda: (p.hue * 360.0).astype(np.float32),  # turns -> degrees
+                "sigma": lambda: np.maximum(p.sigma, np.float32(1e-3)),  # ~delta; DALI reads 0 as auto
+                "solarize_threshold": lambda: np.where(p.solarize, np.float32(127.5), np.float32(256)),
+            }
+            outs += [fields[name]() for name in view_fields(recipe)]
         return tuple(outs)
 
 

@@ -3,27 +3,43 @@
 All randomness arrives as per-sample argument inputs drawn on the host (params.py), so the views
 are independent, a batch is reproducible from its position, and DALI and torchvision apply the
 same draws. One ``external_source`` call per batch returns, in order: images (uint8 HWC arrays, or
-encoded bytes for files), fine, coarse, index, position (epoch, step), then for each view:
-roi_start, roi_end (relative [y, x]; x swapped for a flip), brightness, contrast, saturation
-(0 where grayscale), hue (degrees), blur sigma, solarisation threshold (128, or 256 = off).
+encoded bytes for files), fine, coarse, index, position (epoch, step), then for each view the
+inputs its operators read (view_fields): roi_start, roi_end (relative [y, x]; x swapped for a flip), brightness, contrast, saturation
+(0 where grayscale), hue (degrees), blur sigma, solarisation threshold (127.5, or 256 = off).
 Per-view recipes select which operators are in the graph (no blur operator if blur_prob = 0, ...).
 """
 from __future__ import annotations
 
 from .augment import AugmentConfig
+from .torch_aug import LUMA
 
-PER_VIEW = ("roi_start", "roi_end", "brightness", "contrast", "saturation", "hue", "sigma",
-            "solarize_threshold")
 HEAD = ("images", "fine", "coarse", "index", "position")
+
+
+def view_fields(recipe) -> tuple[str, ...]:
+    """The per-view inputs the graph of ``recipe`` reads (operators with probability 0 are left out)."""
+    names = ["roi_start", "roi_end"]
+    if recipe.jitter_prob > 0 or recipe.grayscale_prob > 0:
+        names += ["brightness", "contrast", "saturation", "hue"]
+    if recipe.blur_prob > 0:
+        names.append("sigma")
+    if recipe.solarize_prob > 0:
+        names.append("solarize_threshold")
+    return tuple(names)
 
 
 def build_pipeline(source, aug: AugmentConfig, mean, std, *, encoded: bool, batch_size: int,
                    num_threads: int, device_id: int | None, prefetch: int = 2):
     """A DALI Pipeline yielding views..., fine, coarse, index, position; GPU operators if device_id."""
     from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import math as dmath
 
     gpu = device_id is not None
-    num_outputs = len(HEAD) + len(PER_VIEW) * aug.num_views
+
+    def on_device(node):
+        """Per-sample values used in arithmetic with images must live where the images are."""
+        return node.gpu() if gpu else node
+    num_outputs = len(HEAD) + sum(len(view_fields(v)) for v in aug.views)
 
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id,
                   prefetch_queue_depth=prefetch, exec_dynamic=True)
@@ -36,21 +52,31 @@ def build_pipeline(source, aug: AugmentConfig, mean, std, *, encoded: bool, batc
                                        output_type=types.RGB)
         elif gpu:
             images = images.gpu()
-        results = []
-        for v, recipe in enumerate(aug.views):
-            a = dict(zip(PER_VIEW, outs[len(HEAD) + v * len(PER_VIEW):len(HEAD) + (v + 1) * len(PER_VIEW)]))
+        results, at = [], len(HEAD)
+        for recipe in aug.views:
+            names = view_fields(recipe)
+            a = dict(zip(names, outs[at:at + len(names)]))
+            at += len(names)
+            # float from here on (0..255): no rounding between steps, as on the torch side
             x = fn.resize(images, size=[recipe.size, recipe.size], roi_start=a["roi_start"],
                           roi_end=a["roi_end"], roi_relative=True, interp_type=types.INTERP_LINEAR,
-                          antialias=True)
+                          antialias=True, dtype=types.FLOAT)
+            if recipe.jitter_prob > 0:
+                # torchvision's order and maths: brightness, then contrast around the mean grey
+                # of the image (DALI's color_twist would pivot at mid-grey instead), clamping each
+                b, c = on_device(a["brightness"]), on_device(a["contrast"])
+                x = dmath.clamp(x * b, 0.0, 255.0)
+                m = fn.reductions.mean(x, axes=[0, 1])  # per-channel means [3]
+                grey = m[0] * LUMA[0] + m[1] * LUMA[1] + m[2] * LUMA[2]
+                x = dmath.clamp(x * c + grey * (1.0 - c), 0.0, 255.0)
             if recipe.jitter_prob > 0 or recipe.grayscale_prob > 0:
-                x = fn.color_twist(x, brightness=a["brightness"], contrast=a["contrast"],
-                                   saturation=a["saturation"], hue=a["hue"])
+                # saturation (0 = grayscale) and hue: a linear map in YIQ space
+                x = dmath.clamp(fn.color_twist(x, saturation=a["saturation"], hue=a["hue"]),
+                                0.0, 255.0)
             if recipe.blur_prob > 0:
                 x = fn.gaussian_blur(x, window_size=recipe.blur_window, sigma=a["sigma"])
             if recipe.solarize_prob > 0:
-                thr = a["solarize_threshold"].gpu() if gpu else a["solarize_threshold"]
-                xf = fn.cast(x, dtype=types.FLOAT)
-                x = fn.cast(xf + (xf >= thr) * (255.0 - 2.0 * xf), dtype=types.UINT8)
+                x = x + (x >= on_device(a["solarize_threshold"])) * (255.0 - 2.0 * x)
             x = fn.crop_mirror_normalize(x, dtype=types.FLOAT, output_layout="CHW",
                                          mean=[255.0 * m for m in mean],
                                          std=[255.0 * s for s in std])

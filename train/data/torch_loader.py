@@ -20,10 +20,11 @@ from .torch_aug import crop_resize_flip, photometric, to_float_rgb
 
 def decode_file(path: str) -> torch.Tensor:
     """uint8 [H, W, 3] of an encoded image file; DataError naming the file when it cannot be read."""
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image
 
     try:
-        return decode_image(path, mode=ImageReadMode.RGB).permute(1, 2, 0).contiguous()
+        with Image.open(path) as im:
+            return torch.from_numpy(np.asarray(im.convert("RGB")).copy())
     except Exception as e:  # corrupt / truncated since the up-front check, or deleted
         raise DataError(f"cannot decode image file {path}: {e}") from e
 
