@@ -189,6 +189,30 @@ def test_triton_dispatch_passes_the_reference_arguments(monkeypatch):
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize(
+    "kwargs", [dict(), dict(threshold=0.5, hierarchy_weight=0.5), dict(groups=torch.tensor([0, 1, 0, 1, 2])),
+               dict(eps=0.2, positive_in_denominator=True)])
+def test_triton_end_to_end_matches_torch(kwargs):
+    """The real kernel through the public API (on the GPU, or under the interpreter on a CPU)."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    z1, z2 = (t.to(device) for t in views(batch=5, dim=8, seed=3))
+    kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    results = []
+    for kernel in ("triton", "torch"):
+        a = z1.clone().requires_grad_()
+        loss, stats = hex_loss(a, z2, kernel=kernel, return_stats=True, **kwargs)
+        loss.backward()
+        results.append((loss, a.grad, stats))
+    (l1, g1, s1), (l2, g2, s2) = results
+    torch.testing.assert_close(l1, l2, rtol=1e-3, atol=1e-4)  # tf32 dots on a GPU
+    torch.testing.assert_close(g1, g2, rtol=1e-3, atol=1e-4)
+    assert int(s1["hier_count"]) == int(s2["hier_count"]) and int(s1["empty_rows"]) == int(s2["empty_rows"])
+    x = torch.cat([z1, z2])
+    torch.testing.assert_close(candidate_row_quantiles(x, x, 0.9, kernel="triton"),
+                               candidate_row_quantiles(x, x, 0.9, kernel="torch"), rtol=0, atol=1e-3)
+
+
 def test_auto_falls_back_on_cuda_with_one_warning(no_kernels):
     cuda_like = types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.float32)
     with pytest.warns(UserWarning, match="falls back to the PyTorch reference"):

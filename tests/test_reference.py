@@ -376,3 +376,15 @@ def test_reference_at_2b_8192():
                  for i in range(0, 2 * batch, 1024)]
         assert torch.equal(stats["eps"], torch.cat(parts).mean())
         assert int(stats["rows"]) == 2 * batch
+
+
+@pytest.mark.parametrize("threshold", ["adaptive", 0.0])
+def test_threshold_is_strict(threshold):
+    """Entries equal to eps are regular (`>`, not `>=`). Rows e1, e2 | e1, e2: every negative has
+    cosine 0 exactly; q = 0.3 picks index 1 of [0, 0, 1, 1], so the adaptive eps is exactly 0; the
+    fixed rule sees f = s on these rows (min 0, max 1), so threshold 0 also ties every negative."""
+    z1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    loss, stats = reference.hex_reference(z1, z1.clone(), temperature=0.5, threshold=threshold, quantile=0.3)
+    assert float(stats["eps"]) == 0.0
+    assert int(stats["hier_count"]) == 0 and int(stats["empty_rows"]) == 0
+    assert loss.item() == pytest.approx(-1 / 0.5 + math.log(2.0), rel=1e-12)
