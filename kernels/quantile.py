@@ -11,10 +11,10 @@ c_lo >= K > c_hi, where the wanted value is the K-th largest of the row. So the 
 
 1. Count pass (`_count_kernel`): stream all column tiles, recompute s, and count for each row the
    values >= each of T = 16 thresholds lo = t_0 <= t_1 <= ... <= t_15 < hi placed inside its
-   interval; keep the sub-interval [t_j, t_j+1) whose counts still bracket K. While the interval is
-   wide the thresholds are spaced evenly in value; once it spans at most 2^24 fp32 numbers they are
-   spaced evenly in the order-preserving integer key of the fp32 bits, so every pass divides the
-   number of fp32 values the interval can hold by 16 and the loop must end.
+   interval; keep the sub-interval [t_j, t_j+1) whose counts still bracket K. The first pass
+   spaces the thresholds evenly in value; later ones (at least half of them) evenly in the
+   order-preserving integer key of the fp32 bits, so every pass divides the number of fp32 values
+   the interval can hold by at least 8 and the loop ends within 12 passes.
 2. A row stops refining once its interval holds at most SELECT_CAPACITY values (c_lo - c_hi), or
    holds a single fp32 value (then that value is the answer).
 3. Collect pass (`_collect_kernel`): one more stream writes each remaining row's values inside its
@@ -138,16 +138,29 @@ def _from_key(k: torch.Tensor) -> torch.Tensor:
     return bits.to(torch.int32).view(torch.float32)
 
 
-def _thresholds(lo: torch.Tensor, hi: torch.Tensor, nt: int) -> torch.Tensor:
-    """[R, nt] nondecreasing thresholds in [lo, hi), the first one lo itself."""
-    frac = torch.arange(nt, device=lo.device, dtype=torch.float32) / nt
+def _thresholds(lo: torch.Tensor, hi: torch.Tensor, nt: int, first: bool) -> torch.Tensor:
+    """[R, nt] nondecreasing thresholds in [lo, hi), the first one lo itself.
+
+    First pass: nt evenly spaced values (typical rows then need one or two more passes).
+    Later passes: key-spaced while the interval holds <= 2^24 fp32 values; wider intervals (e.g.
+    [0, 2^-10), whose fp32 values crowd towards 0) get half value-spaced, half key-spaced
+    thresholds, so each pass divides the number of fp32 values left by at least nt / 2.
+    """
+    dev = lo.device
+    frac = torch.arange(nt, device=dev, dtype=torch.float32) / nt
     by_value = lo[:, None] + (hi - lo)[:, None] * frac[None, :]
-    by_value = torch.minimum(torch.maximum(by_value, lo[:, None]), hi[:, None])
-    klo, khi = _to_key(lo), _to_key(hi)
-    span = khi - klo
-    steps = torch.arange(nt, device=lo.device, dtype=torch.int64)
-    by_key = _from_key(klo[:, None] + (span[:, None] * steps[None, :]) // nt)
-    thr = torch.where((span <= _KEY_LERP_SPAN)[:, None], by_key, by_value)
+    if not first:
+        klo, khi = _to_key(lo), _to_key(hi)
+        span = khi - klo
+        steps = torch.arange(nt, device=dev, dtype=torch.int64)
+        by_key = _from_key(klo[:, None] + (span[:, None] * steps[None, :]) // nt)
+        half = nt // 2
+        frac_h = torch.arange(half, device=dev, dtype=torch.float32) / half
+        value_h = lo[:, None] + (hi - lo)[:, None] * frac_h[None, :]
+        key_h = _from_key(klo[:, None] + (span[:, None] * steps[None, :half]) // half)
+        mixed = torch.cat([value_h, key_h], dim=1).sort(dim=1).values
+        by_value = torch.where((span <= _KEY_LERP_SPAN)[:, None], by_key, mixed)
+    thr = torch.minimum(torch.maximum(by_value, lo[:, None]), hi[:, None])
     thr[:, 0] = lo
     return torch.cummax(thr, dim=1).values.contiguous()
 
@@ -165,14 +178,14 @@ def kth_largest(p: Prepared, kth: int) -> torch.Tensor:
     hi = torch.full((m,), _START_HI, device=dev, dtype=torch.float32)
     c_lo = torch.full((m,), n, device=dev, dtype=torch.int64)
     c_hi = torch.zeros(m, device=dev, dtype=torch.int64)
-    for _ in range(_MAX_PASSES):
+    for npass in range(_MAX_PASSES):
         single = (_to_key(hi) - _to_key(lo)) <= 1  # the interval holds one fp32 value: lo
         refine = ((c_lo - c_hi) > cap) & ~single
         rows = refine.nonzero().flatten()
         r = rows.numel()  # the one host synchronisation per pass
         if r == 0:
             break
-        thr = _thresholds(lo[rows], hi[rows], nt)
+        thr = _thresholds(lo[rows], hi[rows], nt, first=npass == 0)
         cnt = torch.empty((r, nt), device=dev, dtype=torch.int32)
         grid = (triton.cdiv(r, cfg.block_m),)
         _count_kernel[grid](*p.sim_args(), rows.to(torch.int32), r, thr, cnt, n, p.d,
