@@ -1,0 +1,128 @@
+"""The HEX term of a training run: threshold schedule + loss settings + kernel, process-group aware.
+
+A method holds one `HexTerm` (or none for its plain loss) and calls:
+    loss, stats = hex.square(a, b, epoch, groups)   two-view HEX of cat[a, b]   (a, b [n, D] local rows)
+    loss, stats = hex.rows(s, epoch)                HEX of given similarity rows [n, 1 + K], positive
+                                                    in column 0, no self (MoCo: key + queue)
+With one process `square` is exactly `hexfast.hex_loss`. With W processes the local rows are the
+anchors and the candidates are gathered from every process (gradients flow back), each row's positive
+and self indices point into the gathered order, the adaptive eps is the mean of the row quantiles over
+ALL rows (all-reduced), and the loss is the mean over the local rows: the mean over processes equals
+the single-process loss (see `train/distributed.py`). Stats are summed over processes.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hexfast.hex_loss import candidate_row_quantiles, hex_loss, hex_rect_loss
+from hexfast.reference import hex_from_similarities, row_quantiles
+from hexfast.thresholds import HexMode, Schedule, build_schedule
+from train import distributed as D
+
+# which warm-up the adaptive schedule uses per method (spec §3): NNCLR and All4One use a fixed
+# raw-cosine eps; the SimCLR-form losses use plain InfoNCE.
+COSINE_WARMUP_METHODS = ("nnclr", "all4one")
+
+
+def make_schedule(hex_cfg, method: str, epochs: int) -> Schedule:
+    """The threshold schedule that `--hex` selects, from the config's `hex` section."""
+    common = dict(hierarchy_weight=hex_cfg.hierarchy_weight, positive_in_denominator=hex_cfg.positive_in_denominator)
+    mode = hex_cfg.mode
+    if mode == "none":
+        return build_schedule("none")
+    if mode == "adaptive":
+        warmup = "cosine" if method in COSINE_WARMUP_METHODS else "infonce"
+        return build_schedule("adaptive", quantile=hex_cfg.quantile, warmup_epochs=hex_cfg.warmup_epochs,
+                              warmup=warmup, warmup_eps=hex_cfg.warmup_eps, **common)
+    if mode == "superclass":
+        return build_schedule("groups", **common)
+    if mode == "fixed":
+        if hex_cfg.fixed_schedule == "step":
+            return build_schedule("step", start=hex_cfg.fixed_start, step_down=hex_cfg.fixed_step,
+                                  epoch_step=hex_cfg.fixed_epoch_step, floor=hex_cfg.fixed_min, **common)
+        return build_schedule(hex_cfg.fixed_schedule, start=hex_cfg.fixed_start, minimum=hex_cfg.fixed_min,
+                              total_epochs=epochs, **common)
+    raise ValueError(f"unknown hex mode {mode!r}; valid: none, adaptive, fixed, superclass")
+
+
+class HexTerm:
+    """HEX with a schedule; see the module docstring. `temperature` is the method's tau."""
+
+    def __init__(self, schedule: Schedule, temperature: float, kernel: str = "auto"):
+        self.schedule = schedule
+        self.temperature = temperature
+        self.kernel = kernel
+
+    def mode(self, epoch: int) -> HexMode:
+        return self.schedule(epoch)
+
+    def _rule(self, mode: HexMode):
+        """(rule, eps or None) for the rectangular form; eps None + adaptive = compute it."""
+        if mode.use_groups:
+            return "groups", None
+        if mode.threshold == "none":
+            return "none", None
+        if mode.threshold == "adaptive":
+            return "adaptive", mode.eps
+        return "fixed", float(mode.threshold)
+
+    def square(self, a: Tensor, b: Tensor, epoch: int, groups: Tensor | None = None):
+        """HEX over cat[a, b] (a_i's positive is b_i and back). a, b [n, D]; groups [n] or None."""
+        mode = self.mode(epoch)
+        if mode.use_groups and groups is None:
+            raise ValueError("the superclass rule needs coarse labels (groups); this batch has none")
+        settings = dict(temperature=self.temperature, hierarchy_weight=mode.hierarchy_weight,
+                        positive_in_denominator=mode.positive_in_denominator, kernel=self.kernel, return_stats=True)
+        if not D.is_distributed():
+            return hex_loss(a, b, threshold=mode.threshold, quantile=mode.quantile, eps=mode.eps,
+                            groups=groups if mode.use_groups else None, **settings)
+        n, world = a.shape[0], D.world_size()
+        anchors = torch.cat([a, b])
+        candidates = torch.cat([D.gather(a), D.gather(b)])
+        own = D.row_offsets(n, a.device)
+        self_index = torch.cat([own, own + world * n])
+        pos_index = torch.cat([own + world * n, own])
+        rule, eps = self._rule(mode)
+        extra = {}
+        if rule == "adaptive" and eps is None:
+            eps = D.global_mean_nograd(candidate_row_quantiles(anchors.detach(), candidates.detach(), mode.quantile, self.kernel))
+        if rule in ("adaptive", "fixed"):
+            extra["eps"] = eps
+        if rule == "groups":
+            g = D.gather_nograd(groups)
+            extra.update(anchor_groups=torch.cat([groups, groups]), candidate_groups=torch.cat([g, g]))
+        loss, stats = hex_rect_loss(anchors, candidates, pos_index, self_index, rule=rule, **extra, **settings)
+        return loss, _global_stats(stats)
+
+    def rows(self, s: Tensor, epoch: int):
+        """HEX of similarity rows s [n, 1 + K] (positive in column 0, no self): MoCo's key + queue.
+
+        Runs the reference on the given similarities (the candidates differ per row in column 0,
+        which the fused rectangular kernel does not express). The adaptive eps is the mean over all
+        rows of all processes of each row's quantile; the superclass rule is not defined here.
+        """
+        mode = self.mode(epoch)
+        if mode.use_groups:
+            raise ValueError("the superclass rule needs labels for every candidate; use rows() only with thresholds")
+        rule, eps = self._rule(mode)
+        if rule == "adaptive" and eps is None:
+            eps = D.global_mean_nograd(row_quantiles(s.detach(), mode.quantile))
+        n = s.shape[0]
+        pos = torch.zeros(n, dtype=torch.long, device=s.device)
+        loss, stats = hex_from_similarities(
+            s, pos, torch.full_like(pos, -1), temperature=self.temperature, rule=rule, eps=eps,
+            hierarchy_weight=mode.hierarchy_weight, positive_in_denominator=mode.positive_in_denominator)
+        return loss, _global_stats(stats)
+
+
+def _global_stats(stats: dict) -> dict:
+    """Counts summed over processes, fraction recomputed (eps is already global)."""
+    if not D.is_distributed():
+        return stats
+    keys = ("hier_count", "neg_count", "empty_rows", "rows")
+    summed = D.all_reduce_sum_nograd(torch.stack([stats[k].float() for k in keys]))
+    out = dict(stats)
+    out.update({k: summed[i] for i, k in enumerate(keys)})
+    out["hier_fraction"] = summed[0] / summed[1].clamp_min(1)
+    return out

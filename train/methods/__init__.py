@@ -1,0 +1,16 @@
+"""The eight SSL methods, one small file each; `METHODS` maps the config name to the class."""
+from train.methods.all4one import All4One
+from train.methods.barlow import Barlow
+from train.methods.base import Method, StepInput
+from train.methods.byol import BYOL
+from train.methods.mocov2 import MoCoV2
+from train.methods.nnclr import NNCLR
+from train.methods.simclr import SimCLR
+from train.methods.simsiam import SimSiam
+from train.methods.vicreg import VICReg
+
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (SimCLR, NNCLR, All4One, Barlow, BYOL, MoCoV2, VICReg, SimSiam)
+}
+
+__all__ = ["METHODS", "Method", "StepInput"]

@@ -1,0 +1,188 @@
+"""The shared Lightning module: backbone, method, online linear probes, optimiser, eval, diagnostics.
+
+    loss = method.loss(views -> backbone features) + CE(probe(features.detach()), labels)
+The probes (fine and, where the dataset has them, coarse labels) see detached features, so they
+never train the backbone. Evaluation (kNN + probe accuracy on the eval split) runs at the end of
+every `eval.every_epochs` epochs and of the last one. Checkpoints carry, besides what Lightning saves
+(weights incl. queues and EMA targets, optimizer, lr schedule, loop position): the threshold
+schedule's parameters, the RNG states, the eval history and the data loader's position.
+"""
+from __future__ import annotations
+
+import random
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train import distributed as D
+from train.backbones import build_backbone
+from train.hexterm import HexTerm, make_schedule
+from train.knn import extract, knn_accuracy, probe_accuracy
+from train.methods import METHODS, StepInput
+from train.optim import build_optimizer, warmup_cosine
+
+HEX_LOG_KEYS = ("eps", "hier_fraction", "empty_rows")
+
+
+def build_method(cfg, backbone: nn.Module, feat_dim: int):
+    """The configured method with its HexTerm (None = the method's plain loss)."""
+    cls = METHODS[cfg.method]
+    params = cfg.params
+    hex_term = None
+    if cfg.hex.mode != "none" or getattr(cls, "always_hex", False):
+        # the contrastive methods use their own tau; the added HEX term of the others hex.temperature
+        tau = getattr(params, "temperature", None) if cfg.method in ("simclr", "nnclr", "all4one") else cfg.hex.temperature
+        hex_term = HexTerm(make_schedule(cfg.hex, cfg.method, cfg.train.epochs), tau, cfg.kernel)
+    return cls(params, feat_dim, backbone, hex_term, cfg.hex, cfg.kernel)
+
+
+class SSLModule(L.LightningModule):
+    def __init__(self, cfg, *, num_classes: int, num_coarse: int, image_size: int, steps_per_epoch: int,
+                 data=None):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = build_backbone(cfg.model.backbone, image_size, cfg.model.small_stem, cfg.model.tiny_width)
+        feat_dim = self.backbone.feat_dim
+        self.method = build_method(cfg, self.backbone, feat_dim)
+        self.probe_fine = nn.Linear(feat_dim, num_classes) if num_classes else None
+        self.probe_coarse = nn.Linear(feat_dim, num_coarse) if num_coarse else None
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = cfg.train.epochs * steps_per_epoch
+        self.data = data          # train.pretrain.RunData: builds loaders once rank/device are known
+        self.history: list[dict] = []   # per-evaluation metrics (for plots and summary.json)
+        self._loader = None
+
+    # ---------------------------------------------------------------- set-up
+    def setup(self, stage=None):
+        if self.trainer is not None and self.trainer.world_size > 1:
+            D.convert_batchnorm(self)  # global-batch statistics, also on the CPU (gloo)
+        if self.cfg.train.channels_last:
+            self.to(memory_format=torch.channels_last)  # 4-D weights only
+
+    def train_dataloader(self):
+        self._loader = self.data.pretrain_loader(self.global_rank, self.trainer.world_size, self.trainer.strategy.root_device)
+        state = getattr(self, "_resume_loader_state", None)
+        if state is not None:
+            self._loader.load_state_dict(state)
+        return self._loader
+
+    def on_train_epoch_start(self):
+        if self._loader is not None:
+            self._loader.set_epoch(self.current_epoch)
+
+    # ---------------------------------------------------------------- the step
+    def compute_loss(self, batch: dict, epoch: int):
+        """(total loss, logs) for one batch of local rows; logs hold detached tensors."""
+        views = batch["views"]
+        if self.cfg.train.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        feats = [self.backbone(v) for v in views]
+        step = StepInput(views, feats, batch["fine"], batch["coarse"], batch["index"], epoch)
+        loss, logs = self.method.loss(step)
+        logs = dict(logs)
+        logs["ssl_loss"] = loss.detach()
+        total = loss
+        detached = torch.cat(feats).detach().float()
+        for name, probe, key in (("fine", self.probe_fine, "fine"), ("coarse", self.probe_coarse, "coarse")):
+            if probe is None:
+                continue
+            labels = torch.cat([batch[key]] * len(feats))
+            logits = probe(detached)
+            valid = labels >= 0
+            # sum / global count keeps the probe's gradient independent of the process split
+            probe_loss = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")[valid].sum() / max(len(labels), 1)
+            total = total + probe_loss
+            logs[f"probe_{name}_loss"] = probe_loss.detach()
+            logs[f"probe_{name}_acc"] = (logits.argmax(1) == labels)[valid].float().mean() if valid.any() else torch.tensor(float("nan"))
+        return total, logs
+
+    def training_step(self, batch, batch_idx):
+        total, logs = self.compute_loss(batch, self.current_epoch)
+        stats = logs.pop("hex", None)
+        metrics = {f"train/{k}": v.float() for k, v in logs.items()}
+        if stats is not None:
+            metrics.update({f"hex/{k}": stats[k].float() for k in HEX_LOG_KEYS})
+        metrics["train/lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
+        self.log_dict(metrics, on_step=True, on_epoch=True, sync_dist=True, prog_bar=False)
+        self.log("loss", logs["ssl_loss"].float(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return total
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.method.after_optimizer_step(self.global_step, self.total_steps, self.backbone)
+
+    # ---------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        cfg, p = self.cfg, self.cfg.params
+        lr = p.lr * (cfg.train.batch_size / 256 if cfg.optim.scale_lr else 1.0)
+        special = self.method.param_groups() if hasattr(self.method, "param_groups") else []
+        taken = {id(q) for g in special for q in g["params"]}
+        probes = [q for m in (self.probe_fine, self.probe_coarse) if m is not None for q in m.parameters()]
+        taken |= {id(q) for q in probes}
+        main = [q for q in self.parameters() if q.requires_grad and id(q) not in taken]
+        groups = [{"params": main}]
+        groups += [{"params": g["params"], "lr": g["lr"]} for g in special]
+        if probes:
+            groups.append({"params": probes, "lr": cfg.optim.classifier_lr, "weight_decay": 0.0, "lars_exclude": True})
+        opt = build_optimizer(p.optimizer, groups, lr=lr, weight_decay=p.weight_decay, momentum=cfg.optim.momentum,
+                              lars_eta=cfg.optim.lars_eta, lars_clip=cfg.optim.lars_clip, betas=cfg.optim.adamw_betas)
+        warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        total, o = self.total_steps, cfg.optim
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, warmup, total, o.warmup_start_factor, o.min_lr_factor))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---------------------------------------------------------------- evaluation
+    def on_train_epoch_end(self):
+        epoch = self.current_epoch
+        last = epoch + 1 == self.cfg.train.epochs
+        if self.data is None or not ((epoch + 1) % self.cfg.eval.every_epochs == 0 or last):
+            return
+        metrics = self.evaluate()
+        metrics["epoch"] = epoch
+        metrics["step"] = int(self.global_step)
+        self.history.append(metrics)
+        self.log_dict({f"eval/{k}": float(v) for k, v in metrics.items() if k not in ("epoch", "step")},
+                      on_step=False, on_epoch=True, sync_dist=False)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """kNN (fine, coarse) and probe accuracies on the eval split; the bank is the train split."""
+        device = self.trainer.strategy.root_device if self.trainer is not None else next(self.parameters()).device
+        bank_loader, test_loader = self.data.eval_loaders(device)
+        tr = extract(self.backbone, bank_loader, device, self.cfg.eval.max_bank)
+        te = extract(self.backbone, test_loader, device)
+        k, t = self.cfg.eval.knn_k, self.cfg.eval.knn_temperature
+        out = {"knn_fine": knn_accuracy(tr[0], tr[1], te[0], te[1], k, t)}
+        if self.probe_fine is not None:
+            out["probe_fine"] = probe_accuracy(self.probe_fine, te[0], te[1])
+        if self.probe_coarse is not None:
+            out["knn_coarse"] = knn_accuracy(tr[0], tr[2], te[0], te[2], k, t)
+            out["probe_coarse"] = probe_accuracy(self.probe_coarse, te[0], te[2])
+        return out
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["hexfast"] = {
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "history": list(self.history),
+            "schedule": self.method.hex.schedule.state_dict() if self.method.hex is not None else None,
+            "loader": self._loader.state_dict() if self._loader is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        extra = checkpoint.get("hexfast", {})
+        self.history = list(extra.get("history", []))
+        if extra.get("schedule") is not None and self.method.hex is not None:
+            self.method.hex.schedule.load_state_dict(extra["schedule"])
+        rng = extra.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+            if rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        self._resume_loader_state = extra.get("loader")

@@ -1,0 +1,238 @@
+"""`python -m train.pretrain`: self-supervised pretraining with or without HEX.
+
+    python -m train.pretrain                                   # SimCLR + HEX on the embedded data
+    python -m train.pretrain --method nnclr --hex fixed --epochs 20 --out runs/nnclr-fixed
+    python -m train.pretrain --config configs/cifar100_simclr_hex.yaml --data-dir DATA
+    python -m train.pretrain --out runs/x --resume             # continue a killed run
+    python -m train.pretrain simclr.temperature=0.2 hex.quantile=0.98   # any config field
+
+Everything is checked before training starts (config keys and types, method, dataset, kernel). The
+run directory receives config.yaml (the resolved config), logs/ (CSV and, if installed, TensorBoard),
+checkpoints/last.ckpt, plots/*.png and summary.json (final metrics + config hash).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from train import config as C
+
+# named flags -> dotted config keys
+FLAGS = {
+    "method": "method", "hex": "hex.mode", "kernel": "kernel", "dataset": "data.dataset",
+    "data_dir": "data.root", "backbone": "model.backbone", "epochs": "train.epochs",
+    "batch_size": "train.batch_size", "devices": "train.devices", "num_nodes": "train.num_nodes",
+    "loader": "data.loader", "max_steps": "train.max_steps", "out": "train.out", "seed": "train.seed",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m train.pretrain", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML file of config values (applied over the defaults)")
+    ap.add_argument("--method", help=f"one of {', '.join(C.METHOD_NAMES)} (default simclr)")
+    ap.add_argument("--hex", help=f"one of {', '.join(C.HEX_MODES)} (default adaptive)")
+    ap.add_argument("--kernel", help=f"one of {', '.join(C.KERNELS)} (default auto)")
+    ap.add_argument("--dataset", help="dataset name (default: the embedded fashion-mnist-small)")
+    ap.add_argument("--data-dir", help="folder with the dataset's files")
+    ap.add_argument("--backbone", help=f"one of {', '.join(C.BACKBONES)} (default tiny)")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--batch-size", type=int, help="global batch size")
+    ap.add_argument("--devices", type=int, help="processes (GPUs, or CPU processes) per node")
+    ap.add_argument("--num-nodes", type=int)
+    ap.add_argument("--loader", help=f"one of {', '.join(C.LOADERS)}")
+    ap.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
+    ap.add_argument("--out", help="run directory (default runs/<method>-<hex>-<time>)")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="any config field, e.g. hex.quantile=0.98")
+    return ap
+
+
+def resolve(argv=None) -> C.Config:
+    """The checked Config from the command line (raises ConfigError before anything runs)."""
+    args = build_parser().parse_args(argv)
+    data: dict = {}
+    if args.resume:
+        if not args.out:
+            raise C.ConfigError("--resume needs --out RUN_DIR (the run to continue)")
+        saved = Path(args.out) / "config.yaml"
+        if not saved.is_file():
+            raise C.ConfigError(f"--resume: {saved} does not exist (no run to continue there)")
+        data = C.load_yaml(saved)
+    if args.config:
+        data = C.merge(data, C.load_yaml(args.config))
+    for name, key in FLAGS.items():
+        value = getattr(args, name)
+        if value is not None:
+            data = C.merge(data, C.nested(key, value))
+    for item in args.overrides:
+        data = C.merge(data, C.parse_override(item))
+    if args.resume:
+        data = C.merge(data, {"train": {"resume": True}})
+    try:
+        return C.from_dict(data)
+    except ValueError as err:
+        raise C.ConfigError(str(err)) from err
+
+
+def check_environment(cfg: C.Config) -> None:
+    """Fail fast on settings this machine cannot run."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if cfg.kernel == "triton" and not gpu and os.environ.get("TRITON_INTERPRET") != "1":
+        raise C.ConfigError("--kernel triton needs a CUDA GPU (none found). Use --kernel torch or auto, or set "
+                            "TRITON_INTERPRET=1 to run the kernel under the (slow) Triton interpreter")
+    if cfg.kernel == "triton":
+        try:
+            import kernels  # noqa: F401
+            from kernels import hex_loss_triton  # noqa: F401
+        except ImportError as err:
+            raise C.ConfigError(f"--kernel triton: the fused kernel cannot be imported ({err}); use --kernel torch") from err
+    if cfg.train.accelerator == "gpu" and not gpu:
+        raise C.ConfigError("train.accelerator=gpu but no CUDA GPU is available; use auto or cpu")
+    if cfg.data.loader == "dali":
+        from train.data import dali_available
+
+        if not dali_available():
+            raise C.ConfigError("--loader dali: NVIDIA DALI is not installed (pip install nvidia-dali-cuda130); "
+                                "use --loader torchvision or auto")
+
+
+class RunData:
+    """The datasets of a run, and the loaders built once the process's rank and device are known."""
+
+    def __init__(self, cfg: C.Config):
+        from train.data import augment_preset, load_dataset
+        from train.methods import METHODS
+
+        d = cfg.data
+        root = d.root or None
+        self.cfg = cfg
+        self.train = load_dataset(d.dataset, root=root, split="train")
+        self.eval = load_dataset(d.dataset, root=root, split=d.eval_split)
+        self.image_size = d.image_size or self.train.image_size
+        self.aug = augment_preset(METHODS[cfg.method].augment, self.image_size)
+        if cfg.hex.mode == "superclass" and self.train.coarse is None:
+            raise C.ConfigError(f"--hex superclass needs coarse labels; dataset {d.dataset!r} has none "
+                                "(fashion-mnist-small, fashion-mnist and cifar100 have them)")
+        world = cfg.train.devices * cfg.train.num_nodes
+        self.local_batch = cfg.train.batch_size // world
+        if len(self.train) < cfg.train.batch_size:
+            raise C.ConfigError(f"train.batch_size ({cfg.train.batch_size}) exceeds the dataset size ({len(self.train)})")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train) // self.cfg.train.batch_size  # every process takes local_batch per step
+
+    def pretrain_loader(self, rank: int, world_size: int, device):
+        from train.data import make_pretrain_loader
+
+        dev = "cuda" if device.type == "cuda" else "cpu"
+        if dev == "cuda" and device.index is not None:
+            dev = f"cuda:{device.index}"
+        return make_pretrain_loader(self.train, self.aug, batch_size=self.local_batch, loader=self.cfg.data.loader,
+                                    device=dev, seed=self.cfg.train.seed, rank=rank, world_size=world_size,
+                                    num_workers=self.cfg.data.num_workers or None)
+
+    def eval_loaders(self, device):
+        from train.data import make_eval_loader
+
+        dev = str(device) if device.type == "cuda" else "cpu"
+        kw = dict(batch_size=512, device=dev, image_size=self.image_size)
+        return make_eval_loader(self.train, **kw), make_eval_loader(self.eval, **kw)
+
+
+def default_out(cfg: C.Config) -> Path:
+    return Path("runs") / f"{cfg.method}-{cfg.hex.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def build_trainer(cfg: C.Config, out: Path, extra_callbacks=()):
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    t = cfg.train
+    gpu = torch.cuda.is_available() and t.accelerator != "cpu"
+    precision = t.precision if t.precision != "auto" else ("bf16-mixed" if gpu else "32-true")
+    if precision == "32":
+        precision = "32-true"
+    loggers = [CSVLogger(str(out), name="", version="logs")]
+    try:
+        import tensorboard  # noqa: F401
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(out), name="", version="logs"))
+    except ImportError:
+        pass
+    ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0,
+                           every_n_train_steps=t.checkpoint_every_steps or None,
+                           every_n_epochs=None if t.checkpoint_every_steps else 1, save_on_train_epoch_end=True)
+    world = t.devices * t.num_nodes
+    strategy = "auto"
+    if world > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="nccl" if gpu else "gloo")
+    return L.Trainer(
+        default_root_dir=str(out), max_epochs=t.epochs, max_steps=t.max_steps,
+        accelerator="gpu" if gpu else "cpu", devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
+        precision=precision, logger=loggers, callbacks=[ckpt, *extra_callbacks],
+        enable_progress_bar=t.progress_bar, log_every_n_steps=t.log_every_steps, num_sanity_val_steps=0,
+        use_distributed_sampler=False, enable_model_summary=False, benchmark=gpu,
+    )
+
+
+def run(cfg: C.Config, extra_callbacks=()) -> dict:
+    """Pretrain with a checked config; returns the summary (also written to OUT/summary.json)."""
+    import lightning as L
+
+    from train.diagnostics import finish_run
+    from train.module import SSLModule
+
+    check_environment(cfg)
+    out = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
+    cfg.train.out = str(out)
+    ckpt_path = None
+    if cfg.train.resume:
+        ckpt_path = out / "checkpoints" / "last.ckpt"
+        if not ckpt_path.is_file():
+            raise C.ConfigError(f"--resume: no checkpoint at {ckpt_path}")
+    elif (out / "checkpoints" / "last.ckpt").exists():
+        raise C.ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    data = RunData(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    module = SSLModule(cfg, num_classes=data.train.num_classes, num_coarse=data.train.num_coarse if data.train.coarse is not None else 0,
+                       image_size=data.image_size, steps_per_epoch=data.steps_per_epoch, data=data)
+    trainer = build_trainer(cfg, out, extra_callbacks)
+    if trainer.is_global_zero:
+        C.save_yaml(cfg, out / "config.yaml")
+    trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    summary = {}
+    if trainer.is_global_zero:
+        summary = finish_run(cfg, out, module.history, int(trainer.global_step))
+    return summary
+
+
+def main(argv=None) -> int:
+    try:
+        cfg = resolve(argv)
+        summary = run(cfg)
+    except C.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if summary:
+        final = summary.get("final", {})
+        parts = [f"{k} {100 * v:.2f}%" for k, v in final.items() if isinstance(v, float) and k != "epoch"]
+        print(f"done: {summary['steps']} steps; " + ", ".join(parts) + f"; run dir {summary['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
