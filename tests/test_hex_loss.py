@@ -238,6 +238,30 @@ def test_value_checks_skip_cuda_in_cheap_mode():
         api.set_validation("fast")
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cheap_validation_adds_no_gpu_sync(monkeypatch):
+    """In "cheap" mode the checks read only metadata; "full" reads values (a sync, caught here)."""
+    monkeypatch.setattr(reference, "hex_reference", lambda z1, z2, **kw: (z1.sum(), {}))
+    monkeypatch.setattr(reference, "hex_rect", lambda a, c, *args, **kw: (a.sum(), {}))
+    z1, z2 = (t.cuda() for t in views())
+    groups = torch.arange(6, device="cuda") % 2
+    pos, own = (t.cuda() for t in reference.square_indices(3))
+    eps = torch.tensor(0.3, device="cuda")  # made before the check: the copy from the host syncs
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        hex_loss(z1, z2, kernel="torch", groups=groups)
+        hex_loss(z1, z2, kernel="torch", eps=eps)
+        hex_rect_loss(z1, z2, pos, own, eps=eps, kernel="torch")
+        api.set_validation("full")
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            hex_loss(z1, z2, kernel="torch")
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        api.set_validation("cheap")
+
+
 # ------------------------------------------------------------------------------------------------
 # edge cases: finite loss and gradients everywhere
 
