@@ -7,12 +7,14 @@ rules and schedules; `hexfast.losses` the standard SSL losses.
 
 __version__ = "0.1.0"
 
-__all__ = ["hex_loss", "HEXLoss", "__version__"]
+__all__ = ["HEXLoss", "__version__"]
 
 
-def __getattr__(name):  # lazy, so `import hexfast` stays cheap and import cycles cannot form
-    if name in ("hex_loss", "HEXLoss"):
-        from hexfast import hex_loss as _mod
+def __getattr__(name):
+    # Lazy, so `import hexfast` stays cheap. Only HEXLoss is re-exported: `hexfast.hex_loss` is the
+    # submodule (`from hexfast.hex_loss import hex_loss` gives the function).
+    if name == "HEXLoss":
+        import importlib
 
-        return getattr(_mod, name)
+        return importlib.import_module("hexfast.hex_loss").HEXLoss
     raise AttributeError(f"module 'hexfast' has no attribute {name!r}")

@@ -57,8 +57,6 @@ def test_import_hexfast_hex_loss_works_in_a_fresh_interpreter():
     assert done.returncode == 0, done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="hexfast/__init__.py: __getattr__ recurses on a fresh import "
-                   "(`from hexfast import hex_loss` inside it calls __getattr__ again); reported")
 def test_package_level_hexloss_in_a_fresh_interpreter():
     done = _fresh_python("import hexfast; assert hexfast.HEXLoss()(*[__import__('torch').randn(4, 3)] * 2) >= 0")
     assert done.returncode == 0, done.stderr[-2000:]
