@@ -7,9 +7,9 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
-timeout ${TEST_TIMEOUT:-220} python -m pytest -q --maxfail=10 tests/test_kernel_loss.py tests/test_kernel_quantile.py \
+timeout ${TEST_TIMEOUT:-200} python -m pytest -q --maxfail=10 tests/test_kernel_loss.py tests/test_kernel_quantile.py \
     tests/test_kernel_memory.py -p no:cacheprovider 2>&1 | tail -n 40 | tee "$OUT/tests.log"
-timeout ${BIG_TIMEOUT:-90} python -m bench._loss_big 262144 2>&1 | tee "$OUT/big.log"
+timeout ${BIG_TIMEOUT:-80} python -m bench._loss_big 262144 2>&1 | tee "$OUT/big.log"
 timeout ${BENCH_TIMEOUT:-240} python -m pytest -q bench/test_loss_bench.py --benchmark-only \
     -p no:cacheprovider --benchmark-columns=median,rounds -s 2>&1 | tail -n 60 | tee "$OUT/bench.log"
 cp bench/results/loss_*.json "$OUT/" 2>/dev/null || true
