@@ -1,10 +1,10 @@
 """Process-group helpers that keep multi-process losses equal to the single-process loss.
 
 The rule every method follows (see `train/methods/base.py`): each process's loss L_r satisfies
-mean_r L_r = L, the loss of one process on the global batch. Gathers use
-`torch.distributed.nn.functional.all_gather`, whose backward *sums* the gradients that every process
-sends back to a tensor's owner, so process r receives d(sum_r' L_r')/dx_r = W dL/dx_r, and DDP's
-gradient averaging (divide by W) leaves exactly dL/dtheta. Two ways to satisfy the rule:
+mean_r L_r = L, the loss of one process on the global batch. Gathers are differentiable and their
+backward *sums* the gradients that every process sends back to a tensor's owner, so process r
+receives d(sum_r' L_r')/dx_r = W dL/dx_r, and DDP's gradient averaging (divide by W) leaves exactly
+dL/dtheta. Two ways to satisfy the rule:
   - a per-row loss: each process averages its own rows against gathered candidates (SimCLR, HEX);
   - a batch-statistics loss (Barlow, VICReg): each process computes the full loss from gathered
     embeddings (the same value everywhere).
@@ -33,13 +33,49 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every process's gradient for this process's slice.
+
+    (torch.distributed.nn.functional.all_gather does the same but is deprecated in favour of a
+    private API; this uses only the stable collectives.)
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.n = x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        r = dist.get_rank()
+        return grad[r * ctx.n : (r + 1) * ctx.n]
+
+
+class _AllReduceWithGrad(torch.autograd.Function):
+    """Sum over processes; the backward sums the gradients as well."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 def gather(x: Tensor) -> Tensor:
     """cat over processes (rank order) of x [n, ...] -> [W n, ...]; gradients flow back (summed)."""
     if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()
@@ -56,9 +92,7 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     """Sum over processes with autograd (backward sums the gradients too)."""
     if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(x)
+    return _AllReduceWithGrad.apply(x)
 
 
 @torch.no_grad()

@@ -145,7 +145,7 @@ class SSLModule(L.LightningModule):
         metrics["step"] = int(self.global_step)
         self.history.append(metrics)
         self.log_dict({f"eval/{k}": float(v) for k, v in metrics.items() if k not in ("epoch", "step")},
-                      on_step=False, on_epoch=True, sync_dist=False)
+                      on_step=False, on_epoch=True, sync_dist=True)  # same value on every process
 
     @torch.no_grad()
     def evaluate(self) -> dict:
