@@ -78,6 +78,8 @@ class DataConfig:
     num_workers: int = 2              # torchvision loader worker processes
     image_size: int = 0               # crop size; 0 = the dataset's native size
     eval_split: str = "test"          # split used for kNN / probe evaluation
+    train_subset: int = 0             # use only the first N training images (smoke runs, tests); 0 = all
+    eval_subset: int = 0              # evaluate on the first N eval-split images; 0 = all
 
 
 @dataclass
@@ -242,6 +244,7 @@ def validate(cfg: Config) -> Config:
     need(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0")
     need(cfg.eval.knn_k >= 1 and cfg.eval.every_epochs >= 1, "eval.knn_k and eval.every_epochs must be >= 1")
     need(cfg.data.num_workers >= 0 and cfg.data.image_size >= 0, "data.num_workers and data.image_size must be >= 0")
+    need(cfg.data.train_subset >= 0 and cfg.data.eval_subset >= 0, "data.train_subset and data.eval_subset must be >= 0")
     cfg.params.check(cfg)  # method-specific ranges (queue sizes, ...)
     return cfg
 

@@ -166,7 +166,8 @@ class SSLModule(L.LightningModule):
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint):
         checkpoint["hexfast"] = {
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            # numpy's state as a tensor: Lightning loads checkpoints with weights_only=True
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "history": list(self.history),
             "schedule": self.method.hex.schedule.state_dict() if self.method.hex is not None else None,
@@ -181,8 +182,14 @@ class SSLModule(L.LightningModule):
         rng = extra.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])
-            np.random.set_state(rng["numpy"])
+            name, keys, pos, has_gauss, cached = rng["numpy"]
+            np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
             random.setstate(rng["python"])
             if rng.get("cuda") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
         self._resume_loader_state = extra.get("loader")
+
+
+def _numpy_state():
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return (name, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached))

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(argv=None) -> C.Config:
     """The checked Config from the command line (raises ConfigError before anything runs)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # key=value overrides may sit between flags
     data: dict = {}
     if args.resume:
         if not args.out:
@@ -107,6 +107,8 @@ class RunData:
     """The datasets of a run, and the loaders built once the process's rank and device are known."""
 
     def __init__(self, cfg: C.Config):
+        import numpy as np
+
         from train.data import augment_preset, load_dataset
         from train.methods import METHODS
 
@@ -115,6 +117,10 @@ class RunData:
         self.cfg = cfg
         self.train = load_dataset(d.dataset, root=root, split="train")
         self.eval = load_dataset(d.dataset, root=root, split=d.eval_split)
+        if d.train_subset and d.train_subset < len(self.train):
+            self.train = self.train.subset(np.arange(d.train_subset))
+        if d.eval_subset and d.eval_subset < len(self.eval):
+            self.eval = self.eval.subset(np.arange(d.eval_subset))
         self.image_size = d.image_size or self.train.image_size
         self.aug = augment_preset(METHODS[cfg.method].augment, self.image_size)
         if cfg.hex.mode == "superclass" and self.train.coarse is None:
@@ -137,7 +143,7 @@ class RunData:
             dev = f"cuda:{device.index}"
         return make_pretrain_loader(self.train, self.aug, batch_size=self.local_batch, loader=self.cfg.data.loader,
                                     device=dev, seed=self.cfg.train.seed, rank=rank, world_size=world_size,
-                                    num_workers=self.cfg.data.num_workers or None)
+                                    num_workers=self.cfg.data.num_workers)
 
     def eval_loaders(self, device):
         from train.data import make_eval_loader
@@ -170,7 +176,10 @@ def build_trainer(cfg: C.Config, out: Path, extra_callbacks=()):
         loggers.append(TensorBoardLogger(str(out), name="", version="logs"))
     except ImportError:
         pass
-    ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0,
+    # one file, checkpoints/last.ckpt, overwritten at every save (save_last alone saves nothing
+    # without a top-k checkpoint in Lightning 2.6)
+    ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="last", save_top_k=1, save_last=False,
+                           enable_version_counter=False,
                            every_n_train_steps=t.checkpoint_every_steps or None,
                            every_n_epochs=None if t.checkpoint_every_steps else 1, save_on_train_epoch_end=True)
     world = t.devices * t.num_nodes
