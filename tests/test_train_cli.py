@@ -104,17 +104,23 @@ class CrashAt:
         self.callback = _C()
 
 
-@pytest.mark.parametrize("method", ["simclr", "nnclr"])
-def test_kill_and_resume_equals_uninterrupted(tmp_path, method):
-    extra = [f"--method={method}"]
+@pytest.mark.parametrize("method,every,crash", [
+    ("simclr", 0, STEPS_PER_EPOCH + 2),   # resume from the end-of-epoch-0 checkpoint
+    ("nnclr", 0, STEPS_PER_EPOCH + 2),
+    ("simclr", 2, STEPS_PER_EPOCH + 3),   # resume mid-epoch 1 (checkpoint at step 6 of 4 per epoch)
+])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, method, every, crash):
+    extra = [f"--method={method}", f"train.checkpoint_every_steps={every}"]
     if method == "nnclr":
         extra += ["nnclr.proj_hidden_dim=32", "nnclr.pred_hidden_dim=32", "nnclr.proj_output_dim=16",
                   "nnclr.queue_size=128"]
     args = TINY + extra + ["--epochs", "3"]
     full = pretrain.run(pretrain.resolve(args + ["--out", str(tmp_path / "full")]))
     cut = tmp_path / "cut"
-    with pytest.raises(Crash):  # dies in epoch 2, after the end-of-epoch-1 checkpoint
-        pretrain.run(pretrain.resolve(args + ["--out", str(cut)]), extra_callbacks=[CrashAt(STEPS_PER_EPOCH + 2).callback])
+    with pytest.raises(Crash):
+        pretrain.run(pretrain.resolve(args + ["--out", str(cut)]), extra_callbacks=[CrashAt(crash).callback])
+    saved = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == (crash - 1 if every else STEPS_PER_EPOCH)  # where the resume starts
     resumed = pretrain.run(pretrain.resolve(["--out", str(cut), "--resume"]))
     assert resumed["steps"] == full["steps"] == 3 * STEPS_PER_EPOCH
     a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
