@@ -165,7 +165,10 @@ class SSLModule(L.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint):
+        from train.config import to_dict
+
         checkpoint["hexfast"] = {
+            "config": to_dict(self.cfg),  # lets train.linear rebuild the backbone from the file alone
             # numpy's state as a tensor: Lightning loads checkpoints with weights_only=True
             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
