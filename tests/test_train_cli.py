@@ -133,3 +133,13 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, method, every, crash):
     assert [h["knn_fine"] for h in full["history"]] == [h["knn_fine"] for h in resumed["history"]]
     rows = (cut / "logs" / "metrics.csv").read_text().splitlines()
     assert len(rows) > 1 and "hex/eps_step" in rows[0]
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+    assert configs, "configs/ holds the example runs"
+    for path in configs:
+        cfg = pretrain.resolve(["--config", str(path)])
+        assert cfg.train.epochs >= 100, path
