@@ -86,3 +86,21 @@ def test_superclass_groups_change_the_loss():
     b, logs = module.compute_loss(batch, epoch=0)
     assert float(logs["hex"]["hier_count"]) == 0
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("method", ["simclr", "nnclr"])
+def test_triton_kernel_matches_torch_in_the_trainer(method, monkeypatch):
+    """--kernel triton (interpreted on the CPU) gives the reference's loss and backbone gradients."""
+    import os
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and the Triton interpreter is off")
+    pytest.importorskip("triton")
+    out = {}
+    for kernel in ("torch", "triton"):
+        module = make_module(method, "adaptive", kernel=kernel, hex={"quantile": 0.9})
+        loss, _ = module.compute_loss(fake_batch(), epoch=1)
+        loss.backward()
+        out[kernel] = (loss.detach(), module.backbone.body[0].weight.grad.clone())
+    torch.testing.assert_close(out["triton"][0], out["torch"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out["triton"][1], out["torch"][1], rtol=1e-4, atol=1e-5)
