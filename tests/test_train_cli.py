@@ -48,7 +48,6 @@ def test_optimizer_steps_equal_epochs_times_steps_per_epoch(tmp_path):
     (["--hex", "sometimes"], ["hex.mode", "adaptive", "superclass"]),
     (["hex.quantile=1.5"], ["hex.quantile"]),
     (["train.epochs"], ["key=value"]),
-    (["--method", "mocov2", "--hex", "superclass"], ["superclass", "mocov2"]),
     (["--batch-size", "6", "--devices", "4"], ["batch_size", "processes"]),
 ])
 def test_config_errors_are_caught_before_training(tmp_path, argv, words, capsys):

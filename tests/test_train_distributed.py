@@ -20,7 +20,8 @@ from train.testing import fake_batch, tiny_config
 
 CASES = [(m, h) for m in ("simclr", "nnclr", "all4one", "barlow", "byol", "mocov2", "vicreg", "simsiam")
          for h in ("none", "adaptive")]
-CASES += [("simclr", "fixed"), ("simclr", "superclass"), ("nnclr", "superclass"), ("mocov2", "fixed")]
+CASES += [("simclr", "fixed"), ("simclr", "superclass"), ("nnclr", "superclass"), ("mocov2", "fixed"),
+          ("mocov2", "superclass")]
 GLOBAL_BATCH = 16
 STEPS = 2
 

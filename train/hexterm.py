@@ -95,24 +95,28 @@ class HexTerm:
         loss, stats = hex_rect_loss(anchors, candidates, pos_index, self_index, rule=rule, **extra, **settings)
         return loss, _global_stats(stats)
 
-    def rows(self, s: Tensor, epoch: int):
+    def rows(self, s: Tensor, epoch: int, groups: Tensor | None = None, candidate_groups: Tensor | None = None):
         """HEX of similarity rows s [n, 1 + K] (positive in column 0, no self): MoCo's key + queue.
 
         Runs the reference on the given similarities (the candidates differ per row in column 0,
         which the fused rectangular kernel does not express). The adaptive eps is the mean over all
-        rows of all processes of each row's quantile; the superclass rule is not defined here.
+        rows of all processes of each row's quantile. The superclass rule needs `groups` [n] (the
+        queries' labels) and `candidate_groups` [1 + K] (column 0 is the positive, never a negative).
         """
         mode = self.mode(epoch)
-        if mode.use_groups:
-            raise ValueError("the superclass rule needs labels for every candidate; use rows() only with thresholds")
         rule, eps = self._rule(mode)
+        extra = {}
+        if rule == "groups":
+            if groups is None or candidate_groups is None:
+                raise ValueError("the superclass rule needs labels for the queries and the queue")
+            extra = dict(anchor_groups=groups, candidate_groups=candidate_groups)
         if rule == "adaptive" and eps is None:
             eps = D.global_mean_nograd(row_quantiles(s.detach(), mode.quantile))
         n = s.shape[0]
         pos = torch.zeros(n, dtype=torch.long, device=s.device)
         loss, stats = hex_from_similarities(
             s, pos, torch.full_like(pos, -1), temperature=self.temperature, rule=rule, eps=eps,
-            hierarchy_weight=mode.hierarchy_weight, positive_in_denominator=mode.positive_in_denominator)
+            hierarchy_weight=mode.hierarchy_weight, positive_in_denominator=mode.positive_in_denominator, **extra)
         return loss, _global_stats(stats)
 
 

@@ -4,8 +4,8 @@ Loss: (CE(q1; k2, queue2) + CE(q2; k1, queue1)) / 2, one queue per view (solo-le
 each process averages its own rows, and the queues take the keys of all processes (rank order).
 HEX integration (ours; the released code has none, spec §4): each query's row [q.k, q.queue] is
 split by the same threshold rule (the adaptive eps over all rows of all processes), its positive
-kept, hierarchical queue negatives weighted by w. The superclass rule would need labels for the
-queue and is rejected for MoCo.
+kept, hierarchical queue negatives weighted by w. For the superclass rule the queues also keep the
+coarse labels of their keys (-1 for the random initial rows: never hierarchical).
 """
 from __future__ import annotations
 
@@ -34,9 +34,6 @@ class MoCoV2Params(MethodParams):
     def check(self, cfg) -> None:
         if self.queue_size < 1 or self.temperature <= 0:
             raise ValueError("mocov2.queue_size must be >= 1 and mocov2.temperature > 0")
-        if cfg.hex.mode == "superclass" and cfg.method == "mocov2":
-            raise ValueError("hex.mode=superclass is not defined for mocov2 (the queue has no labels); "
-                             "valid for mocov2: none, adaptive, fixed")
 
 
 class MoCoV2(Method):
@@ -51,21 +48,23 @@ class MoCoV2(Method):
         self.momentum_projector = momentum_copy(self.projector)
         self.queues = torch.nn.ModuleList([Queue(params.queue_size, d), Queue(params.queue_size, d)])
 
-    def one_side(self, q, k, queue, step):
+    def one_side(self, q, k, queue: Queue, step):
+        rows = queue.rows.clone()  # the queue is updated in place after the loss
         if self.hex is None:
-            return mocov2(q, k, queue, self.p.temperature), None
+            return mocov2(q, k, rows, self.p.temperature), None
         qn, kn = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
-        s = torch.cat([(qn * kn).sum(1, keepdim=True), qn @ queue.T], dim=1)
-        return self.hex.rows(s, step.epoch)
+        s = torch.cat([(qn * kn).sum(1, keepdim=True), qn @ rows.T], dim=1)
+        cand = torch.cat([queue.labels.new_full((1,), -1), queue.labels.clone()])
+        return self.hex.rows(s, step.epoch, step.coarse, cand)
 
     def loss(self, step: StepInput):
         q1, q2 = (self.projector(f) for f in step.feats)
         with torch.no_grad():
             k1, k2 = (F.normalize(self.momentum_projector(self.momentum_backbone(v)), dim=1) for v in step.views)
-        l1, stats = self.one_side(q1, k2, self.queues[1].rows.clone(), step)
-        l2, _ = self.one_side(q2, k1, self.queues[0].rows.clone(), step)
-        self.queues[0].push(k1)
-        self.queues[1].push(k2)
+        l1, stats = self.one_side(q1, k2, self.queues[1], step)
+        l2, _ = self.one_side(q2, k1, self.queues[0], step)
+        self.queues[0].push(k1, step.coarse)
+        self.queues[1].push(k2, step.coarse)
         logs = {} if stats is None else {"hex": stats}
         return (l1 + l2) / 2, logs
 
