@@ -19,8 +19,10 @@ HEAD = ("images", "fine", "coarse", "index", "position")
 def view_fields(recipe) -> tuple[str, ...]:
     """The per-view inputs the graph of ``recipe`` reads (operators with probability 0 are left out)."""
     names = ["roi_start", "roi_end"]
+    if recipe.jitter_prob > 0:
+        names += ["brightness", "contrast"]
     if recipe.jitter_prob > 0 or recipe.grayscale_prob > 0:
-        names += ["brightness", "contrast", "saturation", "hue"]
+        names += ["saturation", "hue"]
     if recipe.blur_prob > 0:
         names.append("sigma")
     if recipe.solarize_prob > 0:

@@ -7,6 +7,7 @@ files decode and crop) uint8 data, and the colour work runs batched on the GPU, 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Iterator
 
 import numpy as np
@@ -30,25 +31,26 @@ def decode_file(path: str) -> torch.Tensor:
 
 
 class _BatchMaker(torch.utils.data.Dataset):
-    """Item ``step`` = the batch at (epoch, step), built in a worker."""
+    """Item ``(epoch, step)`` = the batch at that position, built in a worker."""
 
-    def __init__(self, loader: "TorchvisionLoader", epoch: int) -> None:
-        self.ds, self.aug, self.epoch = loader.dataset, loader.aug, epoch
+    def __init__(self, loader: "TorchvisionLoader") -> None:
+        self.ds, self.aug = loader.dataset, loader.aug
         self.sampler, self.seed, self.rank = loader.sampler, loader.seed, loader.rank
         self.finish_here = loader.device.type == "cpu"
 
     def __len__(self) -> int:
         return self.sampler.steps
 
-    def __getitem__(self, step: int) -> dict:
-        idx = self.sampler.batch(self.epoch, step)
+    def __getitem__(self, position: tuple[int, int]) -> dict:
+        epoch, step = position
+        idx = self.sampler.batch(epoch, step)
         fine, coarse = batch_labels(self.ds, idx)
         out = {"fine": torch.from_numpy(fine), "coarse": torch.from_numpy(coarse),
                "index": torch.from_numpy(idx)}
         if self.ds.images is not None:
             raw = torch.from_numpy(self.ds.images[idx])
             n, h, w = raw.shape[:3]
-            params = draw_params(self.aug, [h] * n, [w] * n, self.seed, self.rank, self.epoch, step)
+            params = draw_params(self.aug, [h] * n, [w] * n, self.seed, self.rank, epoch, step)
             if not self.finish_here:  # the GPU crops and colours the raw batch
                 return {**out, "raw": raw, "params": params}
             x = to_float_rgb(raw)
@@ -56,7 +58,7 @@ class _BatchMaker(torch.utils.data.Dataset):
         else:
             imgs = [decode_file(self.ds.files[i]) for i in idx]
             params = draw_params(self.aug, [im.shape[0] for im in imgs], [im.shape[1] for im in imgs],
-                                 self.seed, self.rank, self.epoch, step)
+                                 self.seed, self.rank, epoch, step)
             geo = []
             for p, r in zip(params, self.aug.views):  # sizes differ: crop one by one
                 one = [crop_resize_flip(to_float_rgb(im[None]), _row(p, k), r.size)
@@ -68,6 +70,19 @@ class _BatchMaker(torch.utils.data.Dataset):
         out["views"] = [photometric(g, p, r, self.ds.mean, self.ds.std)
                         for g, p, r in zip(geo, params, self.aug.views)]
         return out
+
+
+class _Positions:
+    """The DataLoader's sampler: positions (epoch, step) from ``start`` to the end of ``epoch``."""
+
+    def __init__(self) -> None:
+        self.epoch, self.start, self.steps = 0, 0, 0
+
+    def __iter__(self):
+        return iter([(self.epoch, s) for s in range(self.start, self.steps)])
+
+    def __len__(self) -> int:
+        return self.steps - self.start
 
 
 def _row(p, k: int):
@@ -84,14 +99,20 @@ class TorchvisionLoader(PretrainLoader):
         super().__init__(dataset, aug, batch_size=batch_size, device=device, seed=seed, rank=rank,
                          world_size=world_size)
         self.num_workers = default_workers() if num_workers is None else num_workers
+        self._positions = _Positions()
+        workers = self.num_workers > 0
+        # Workers persist across epochs (the positions carry the epoch). Forking a process that
+        # runs DALI's threads can deadlock the child, so spawn when DALI is loaded here.
+        context = "spawn" if workers and "nvidia.dali" in sys.modules else None
+        self._loader = torch.utils.data.DataLoader(
+            _BatchMaker(self), batch_size=None, sampler=self._positions,
+            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if workers else None, persistent_workers=workers,
+            multiprocessing_context=context)
 
     def _batches(self, epoch: int, start: int) -> Iterator[dict]:
-        maker = _BatchMaker(self, epoch)
-        loader = torch.utils.data.DataLoader(
-            maker, batch_size=None, sampler=range(start, len(self)), num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if self.num_workers > 0 else None)
-        for item in loader:
+        self._positions.epoch, self._positions.start, self._positions.steps = epoch, start, len(self)
+        for item in self._loader:
             yield self._finish(item)
 
     def _finish(self, item: dict) -> dict:
