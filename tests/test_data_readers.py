@@ -298,3 +298,28 @@ def test_bad_arguments(tmp_path):
         ImageDataset(name="x", images=np.zeros((3, 4, 4, 1), np.uint8), fine=np.zeros(2))
     assert set(DATASETS) >= {"fashion-mnist-small", "fashion-mnist", "mnist", "cifar10", "cifar100",
                              "stl10", "imagefolder", "flatfolder"}
+
+
+def test_download_checks_md5_and_extracts(tmp_path, monkeypatch):
+    """download=True fetches the archive (a local file:// URL here: tests never go online)."""
+    import hashlib
+    import tarfile
+    import train.data.download as dl
+    src = tmp_path / "src"
+    folder = src / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        write_cifar_batch(folder / name, known_images(2, 0), labels=[3, 4])
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    digest = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setitem(dl.SOURCES, "cifar10", [(archive.as_uri(), digest, "tar")])
+    ds = load_dataset("cifar10", tmp_path / "cache", "test", download=True)
+    assert ds.fine.tolist() == [3, 4] and (tmp_path / "cache" / "cifar-10-python.tar.gz").exists()
+    monkeypatch.setitem(dl.SOURCES, "cifar10", [(archive.as_uri(), "0" * 32, "tar")])
+    with pytest.raises(DataError, match="wrong MD5"):
+        load_dataset("cifar10", tmp_path / "other", download=True)
+    with pytest.raises(DataError, match="pass download=True"):
+        load_dataset("cifar10", tmp_path / "absent")
+
