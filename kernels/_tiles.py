@@ -12,8 +12,10 @@ similarity of a tile, with fp32 accumulation, is
 
 No normalised copy of the inputs is ever written.
 
-Every kernel computes s through `sim_tile` with the same tile shape (kernels/config.py), so all
-passes see bit-identical similarities: the quantile selection, the log-sum-exp pass and the backward.
+Every kernel computes s with the same tile shape and the same path (kernels/config.py): for
+D <= 256 one K step (`load_rows` once for the program's own rows, `sim_of_tiles` per streamed
+tile), otherwise the K loop of `sim_tile`. So all passes see bit-identical similarities: the
+quantile selection, the log-sum-exp pass and the backward.
 
 Hierarchy rules (RULE constexpr): 0 none, 1 adaptive (s > eps), 2 fixed (f > eps with
 f = (s - m_i) / (M_i - m_i) in fp32 with round-to-nearest division, 0 where M_i == m_i, exactly as
@@ -58,6 +60,15 @@ def sim_tile(a_ptr, c_ptr, sa, sc, rows, row_ok, cols, col_ok, D, stride_a, stri
         a = load_rows(a_ptr, rows, row_ok, dd, d_ok, stride_a, sa, NORM_DIV, UPCAST)
         c = load_rows(c_ptr, cols, col_ok, dd, d_ok, stride_c, sc, NORM_DIV, UPCAST)
         acc = tl.dot(a, tl.trans(c), acc, input_precision=PRECISION)
+    if not NORM_DIV:
+        acc = (acc * sa[:, None]) * sc[None, :]
+    return acc
+
+
+@triton.jit
+def sim_of_tiles(a, c, sa, sc, NORM_DIV: tl.constexpr, PRECISION: tl.constexpr):
+    """Single-K path: s from already loaded tiles a [BM, BLOCK_D] and c [BN, BLOCK_D] (load_rows)."""
+    acc = tl.dot(a, tl.trans(c), input_precision=PRECISION)
     if not NORM_DIV:
         acc = (acc * sa[:, None]) * sc[None, :]
     return acc

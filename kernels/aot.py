@@ -19,7 +19,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels.config import GPU_CONFIG, SELECT_CAPACITY, SELECT_THRESHOLDS
+from kernels.config import GPU_CONFIG, SELECT_CAPACITY, SELECT_THRESHOLDS, feature_blocks
 from kernels.hex_kernels import _bwd_cols_kernel, _bwd_rows_kernel, _lse_kernel
 from kernels.quantile import _collect_kernel, _count_kernel, _minmax_kernel
 
@@ -45,11 +45,12 @@ def _signature(fn, dtype: str, pointer_types: dict, constexprs: dict) -> dict:
     return sig
 
 
-def kernel_specs(dtype: str = "bfloat16", rules=(1,)):
-    """(label, fn, signature, constexprs) for every kernel at the shipped GPU configuration."""
+def kernel_specs(dtype: str = "bfloat16", rules=(1,), d: int = 128):
+    """(label, fn, signature, constexprs) for every kernel at the shipped GPU configuration for D = d."""
     tdt = _TRITON_DTYPE[dtype]
     cfg = GPU_CONFIG
-    common = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
+    single_k, block_d, block_dout = feature_blocks(cfg, d, half=dtype != "float32")
+    common = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, SINGLE_K=single_k,
                   NORM_DIV=dtype == "float32", UPCAST=False,
                   PRECISION="ieee" if dtype == "float32" else "tf32")
     f32 = "*fp32"
@@ -61,7 +62,7 @@ def kernel_specs(dtype: str = "bfloat16", rules=(1,)):
 
     def add(label, fn, **const):
         c = dict(common, **const)
-        specs.append((f"{label}[{dtype}]", fn, _signature(fn, tdt, ptr, c), c))
+        specs.append((f"{label}[{dtype},D{d}]", fn, _signature(fn, tdt, ptr, c), c))
 
     add("count", _count_kernel, NT=SELECT_THRESHOLDS)
     add("collect", _collect_kernel, CAP=SELECT_CAPACITY)
@@ -69,7 +70,7 @@ def kernel_specs(dtype: str = "bfloat16", rules=(1,)):
     for rule in rules:
         add(f"lse.rule{rule}", _lse_kernel, RULE=rule)
         for pos_in_den in (False, True):
-            extra = dict(RULE=rule, POS_IN_DEN=pos_in_den, BLOCK_DOUT=cfg.block_dout)
+            extra = dict(RULE=rule, POS_IN_DEN=pos_in_den, BLOCK_DOUT=block_dout)
             add(f"bwd_rows.rule{rule}.pos{int(pos_in_den)}", _bwd_rows_kernel, **extra)
             add(f"bwd_cols.rule{rule}.pos{int(pos_in_den)}", _bwd_cols_kernel, **extra)
     return specs
@@ -118,16 +119,17 @@ def compile_one(fn, signature, constexprs, arch: int):
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
 
 
-def report(dtypes=("bfloat16", "float16", "float32"), rules=(0, 1, 2, 3), archs=(90, 80)) -> dict:
+def report(dtypes=("bfloat16", "float16", "float32"), rules=(0, 1, 2, 3), archs=(90, 80),
+           dims=(128, 256, 512)) -> dict:
     rows = []
     for dtype in dtypes:
-        for label, fn, sig, const in kernel_specs(dtype, rules):
+        for label, fn, sig, const in [s for d in dims for s in kernel_specs(dtype, rules, d)]:
             for arch in archs:
                 k = compile_one(fn, sig, const, arch)
                 entry = {"kernel": label, "arch": f"sm_{arch}", "shared_bytes": k.metadata.shared,
                          "num_warps": GPU_CONFIG.num_warps, "num_stages": GPU_CONFIG.num_stages,
                          "block_m": GPU_CONFIG.block_m, "block_n": GPU_CONFIG.block_n,
-                         "block_d": GPU_CONFIG.block_d, "block_dout": GPU_CONFIG.block_dout,
+                         "block_d": const["BLOCK_D"], "single_k": const["SINGLE_K"],
                          "mma": "wgmma" if "wgmma" in k.asm["ptx"] else
                          ("mma" if "mma.sync" in k.asm["ptx"] else "fma")}
                 entry.update(ptxas_resources(k.asm["ptx"], arch))
@@ -137,8 +139,9 @@ def report(dtypes=("bfloat16", "float16", "float32"), rules=(0, 1, 2, 3), archs=
 
 # What the CI test compiles: the bf16 fast path at both architectures (adaptive rule), fp32 on
 # sm_90 (groups rule); `report()` with its defaults covers every dtype, rule and architecture.
-QUICK = [dict(dtypes=("bfloat16",), rules=(1,), archs=(90, 80)),
-         dict(dtypes=("float32",), rules=(3,), archs=(90,))]
+QUICK = [dict(dtypes=("bfloat16",), rules=(1,), archs=(90, 80), dims=(128,)),
+         dict(dtypes=("bfloat16",), rules=(1,), archs=(90,), dims=(512,)),
+         dict(dtypes=("float32",), rules=(3,), archs=(90,), dims=(128,))]
 
 
 if __name__ == "__main__":

@@ -23,18 +23,36 @@ def interpreting() -> bool:
 class TileConfig:
     block_m: int  # anchor rows per program
     block_n: int  # candidate columns per inner step
-    block_d: int  # feature chunk of the similarity dot (the K loop)
-    block_dout: int  # feature chunk of a backward output block (grid axis 1 when D is larger)
+    block_d: int  # feature chunk of the similarity dot (the K loop), K-loop path
+    block_dout: int  # feature chunk of a backward output block (grid axis 1), K-loop path
     num_warps: int
     num_stages: int
+    single_k_max: int  # D up to this: one K step, the program's own tile loaded once (see below)
 
 
-# GPU: 64x64 tiles with a 64-wide K step at 8 warps: ptxas reports 110-172 registers and no spills
-# for every kernel on sm_90 (4 warps reach 255 registers in the backward; see
-# bench/results/kernel_resources.json). The backward accumulates [64, 128] fp32 output chunks.
-GPU_CONFIG = TileConfig(block_m=64, block_n=64, block_d=64, block_dout=128, num_warps=8, num_stages=2)
+# GPU: 64x64 tiles at 8 warps. For D <= 256 the whole feature dimension is one tile
+# (BLOCK_D = next power of two >= D): each program loads its own rows once, as flash attention
+# loads Q, and streams the other side through a software-pipelined loop; the backward reuses the
+# streamed tile for both of its products. Larger D uses a K loop of 64 and [64, 128] output chunks.
+# ptxas registers and spills per kernel: bench/results/kernel_resources.json.
+GPU_CONFIG = TileConfig(block_m=64, block_n=64, block_d=64, block_dout=128, num_warps=8,
+                        num_stages=2, single_k_max=256)
 # The interpreter runs each program in Python: few, large programs keep the CPU tests fast.
-INTERPRETER_CONFIG = TileConfig(block_m=128, block_n=128, block_d=64, block_dout=256, num_warps=4, num_stages=1)
+INTERPRETER_CONFIG = TileConfig(block_m=128, block_n=128, block_d=64, block_dout=256, num_warps=4,
+                                num_stages=1, single_k_max=256)
+
+
+def feature_blocks(cfg: TileConfig, d: int, half: bool) -> tuple[bool, int, int]:
+    """(single_k, BLOCK_D, BLOCK_DOUT) for feature dimension d (tl.dot needs K >= 16).
+
+    Only half-precision inputs take the single-K path on the GPU: the fp32 "ieee" dot runs on FMA
+    units, and a whole [64, 128] fp32 K step per tile spills thousands of bytes (ptxas), while
+    the K loop of 64 does not.
+    """
+    if d <= cfg.single_k_max and (half or interpreting()):
+        width = max(16, 1 << (d - 1).bit_length())
+        return True, width, width
+    return False, cfg.block_d, cfg.block_dout
 
 # Thresholds counted per row in one selection pass (each pass narrows a row's interval 16-fold).
 SELECT_THRESHOLDS = 16

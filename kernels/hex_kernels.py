@@ -34,7 +34,7 @@ The launcher applies the normalisation's Jacobian: dx = (g - z (z.g)) / max(|x|,
 import triton
 import triton.language as tl
 
-from kernels._tiles import hier_mask, load_rows, sim_tile
+from kernels._tiles import hier_mask, load_rows, sim_of_tiles, sim_tile
 
 STAT_FIELDS = 6  # mR, sR, mH, sH, s_pos, |H| per row
 
@@ -59,7 +59,7 @@ def _row_params(RA, POS, SELF, RMIN, RDEN, GA, rows64, row_ok, RULE: tl.constexp
 def _lse_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, OUT, M, N, D,
                 stride_a, stride_c, scale2,
                 RULE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_D: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
+                BLOCK_D: tl.constexpr, SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
                 PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -73,6 +73,10 @@ def _lse_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, OUT, M, N, D,
     s_h = tl.zeros([BLOCK_M], tl.float32)
     s_pos = tl.zeros([BLOCK_M], tl.float32)
     n_h = tl.zeros([BLOCK_M], tl.int32)
+    if SINGLE_K:  # the program's own rows, loaded once (flash attention's Q)
+        dk = tl.arange(0, BLOCK_D)
+        dk_ok = dk < D
+        a_own = load_rows(A, rows64, row_ok, dk, dk_ok, stride_a, ra, NORM_DIV, UPCAST)
     for n0 in range(0, N, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < N
@@ -81,8 +85,12 @@ def _lse_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, OUT, M, N, D,
         g_col = cols64
         if RULE == 3:
             g_col = tl.load(GC + cols64, mask=col_ok, other=-2)
-        s = sim_tile(A, C, ra, rc, rows64, row_ok, cols64, col_ok, D, stride_a, stride_c,
-                     BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
+        if SINGLE_K:
+            c_t = load_rows(C, cols64, col_ok, dk, dk_ok, stride_c, rc, NORM_DIV, UPCAST)
+            s = sim_of_tiles(a_own, c_t, ra, rc, NORM_DIV, PRECISION)
+        else:
+            s = sim_tile(A, C, ra, rc, rows64, row_ok, cols64, col_ok, D, stride_a,
+                         stride_c, BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
         is_pos = cols64[None, :] == pos[:, None]
         neg = col_ok[None, :] & ~is_pos & (cols64[None, :] != slf[:, None]) & row_ok[:, None]
         h = hier_mask(s, eps, rmin, rden, g_row, g_col, RULE) & neg
@@ -129,7 +137,7 @@ def _bwd_rows_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, LSE2, GSC
                      M, N, D, stride_a, stride_c, scale2, inv_tau, weight,
                      POS_IN_DEN: tl.constexpr, RULE: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DOUT: tl.constexpr,
-                     NORM_DIV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+                     SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """DA[i, d-chunk] = sum_k G_ik rc_k C[k, d-chunk]  (gradient w.r.t. the normalised anchors)."""
     pid = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -140,9 +148,13 @@ def _bwd_rows_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, LSE2, GSC
     eps = tl.load(EPS)
     lse2 = tl.load(LSE2 + rows64, mask=row_ok, other=0.0)
     gscale = tl.load(GSCALE + rows64, mask=row_ok, other=0.0)
-    dd = pid_d * BLOCK_DOUT + tl.arange(0, BLOCK_DOUT)
+    dd = pid_d * BLOCK_DOUT + tl.arange(0, BLOCK_DOUT)  # single K: BLOCK_DOUT == BLOCK_D, 1 chunk
     d_ok = dd < D
     acc = tl.zeros([BLOCK_M, BLOCK_DOUT], tl.float32)
+    if SINGLE_K:  # the program's own rows, loaded once (flash attention's Q)
+        dk = tl.arange(0, BLOCK_D)
+        dk_ok = dk < D
+        a_own = load_rows(A, rows64, row_ok, dk, dk_ok, stride_a, ra, NORM_DIV, UPCAST)
     for n0 in range(0, N, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < N
@@ -151,13 +163,20 @@ def _bwd_rows_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, LSE2, GSC
         g_col = cols64
         if RULE == 3:
             g_col = tl.load(GC + cols64, mask=col_ok, other=-2)
-        s = sim_tile(A, C, ra, rc, rows64, row_ok, cols64, col_ok, D, stride_a, stride_c,
-                     BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
+        if SINGLE_K:
+            c_t = load_rows(C, cols64, col_ok, dk, dk_ok, stride_c, rc, NORM_DIV, UPCAST)
+            s = sim_of_tiles(a_own, c_t, ra, rc, NORM_DIV, PRECISION)
+        else:
+            s = sim_tile(A, C, ra, rc, rows64, row_ok, cols64, col_ok, D, stride_a,
+                         stride_c, BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
         g = _grad_tile(s, cols64, col_ok, pos, slf, row_ok, lse2, gscale, eps, rmin, rden, g_row,
                        g_col, scale2, inv_tau, weight, POS_IN_DEN, RULE)
         if not NORM_DIV:
             g = g * rc[None, :]
-        cv = load_rows(C, cols64, col_ok, dd, d_ok, stride_c, rc, NORM_DIV, UPCAST)
+        if SINGLE_K:
+            cv = c_t  # the streamed tile serves both products
+        else:
+            cv = load_rows(C, cols64, col_ok, dd, d_ok, stride_c, rc, NORM_DIV, UPCAST)
         acc = tl.dot(g.to(cv.dtype), cv, acc, input_precision=PRECISION)
     tl.store(DA + rows64[:, None] * D + dd[None, :], acc, mask=row_ok[:, None] & d_ok[None, :])
 
@@ -167,7 +186,7 @@ def _bwd_cols_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, LSE2, GSC
                      M, N, D, stride_a, stride_c, scale2, inv_tau, weight,
                      POS_IN_DEN: tl.constexpr, RULE: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DOUT: tl.constexpr,
-                     NORM_DIV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+                     SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """DC[k, d-chunk] = sum_i G_ik ra_i A[i, d-chunk]  (gradient w.r.t. the normalised candidates).
 
     The program owns BLOCK_N candidate columns and streams anchor blocks of BLOCK_M rows; the tile
@@ -186,6 +205,10 @@ def _bwd_cols_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, LSE2, GSC
     dd = pid_d * BLOCK_DOUT + tl.arange(0, BLOCK_DOUT)
     d_ok = dd < D
     acc = tl.zeros([BLOCK_N, BLOCK_DOUT], tl.float32)
+    if SINGLE_K:  # the program's own columns, loaded once
+        dk = tl.arange(0, BLOCK_D)
+        dk_ok = dk < D
+        c_own = load_rows(C, cols64, col_ok, dk, dk_ok, stride_c, rc, NORM_DIV, UPCAST)
     for m0 in range(0, M, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         row_ok = rows < M
@@ -194,12 +217,19 @@ def _bwd_cols_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, LSE2, GSC
                                                       RULE)
         lse2 = tl.load(LSE2 + rows64, mask=row_ok, other=0.0)
         gscale = tl.load(GSCALE + rows64, mask=row_ok, other=0.0)
-        s = sim_tile(A, C, ra, rc, rows64, row_ok, cols64, col_ok, D, stride_a, stride_c,
-                     BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
+        if SINGLE_K:
+            a_t = load_rows(A, rows64, row_ok, dk, dk_ok, stride_a, ra, NORM_DIV, UPCAST)
+            s = sim_of_tiles(a_t, c_own, ra, rc, NORM_DIV, PRECISION)
+        else:
+            s = sim_tile(A, C, ra, rc, rows64, row_ok, cols64, col_ok, D, stride_a,
+                         stride_c, BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
         g = _grad_tile(s, cols64, col_ok, pos, slf, row_ok, lse2, gscale, eps, rmin, rden, g_row,
                        g_col, scale2, inv_tau, weight, POS_IN_DEN, RULE)
         if not NORM_DIV:
             g = g * ra[:, None]
-        av = load_rows(A, rows64, row_ok, dd, d_ok, stride_a, ra, NORM_DIV, UPCAST)
+        if SINGLE_K:
+            av = a_t
+        else:
+            av = load_rows(A, rows64, row_ok, dd, d_ok, stride_a, ra, NORM_DIV, UPCAST)
         acc = tl.dot(tl.trans(g.to(av.dtype)), av, acc, input_precision=PRECISION)
     tl.store(DC + cols64[:, None] * D + dd[None, :], acc, mask=col_ok[:, None] & d_ok[None, :])

@@ -79,9 +79,10 @@ class _Hex(torch.autograd.Function):
         args = (*p.sim_args(), pos, slf, eps_t, rmin, rden, ga, gc, lse2.contiguous(), gscale)
         scalars = (m, n, d, p.a.stride(0), p.c.stride(0), _LOG2E / ctx.temperature,
                    1.0 / ctx.temperature, float(ctx.weight))
-        meta = dict(POS_IN_DEN=ctx.pos_in_den, RULE=ctx.rule_id, BLOCK_DOUT=p.cfg.block_dout,
+        _, _, block_dout = p.blocks
+        meta = dict(POS_IN_DEN=ctx.pos_in_den, RULE=ctx.rule_id, BLOCK_DOUT=block_dout,
                     **p.sim_meta())
-        d_chunks = triton.cdiv(d, p.cfg.block_dout)
+        d_chunks = triton.cdiv(d, block_dout)
         need_a, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_a = grad_c = None
         if need_a:
@@ -130,9 +131,19 @@ def hex_rect(anchors, candidates, pos_index, self_index, *, temperature: float, 
     a = anchors.detach()
     p = prepare(a, a if candidates is anchors else candidates.detach())
     m, n = p.m, p.n
+    pos = _row_index("pos_index", pos_index, m, n, p.a.device, allow_none=False)
+    slf = _row_index("self_index", self_index, m, n, p.a.device, allow_none=True)
+    return _hex_rect(anchors, candidates, p, pos, slf, temperature=temperature, rule=rule, eps=eps,
+                     hierarchy_weight=hierarchy_weight,
+                     positive_in_denominator=positive_in_denominator,
+                     anchor_groups=anchor_groups, candidate_groups=candidate_groups)
+
+
+def _hex_rect(anchors, candidates, p: Prepared, pos, slf, *, temperature, rule, eps,
+              hierarchy_weight, positive_in_denominator, anchor_groups, candidate_groups):
+    """hex_rect after validation (pos/slf: int64 indices already checked)."""
+    m, n = p.m, p.n
     dev = p.a.device
-    pos = _row_index("pos_index", pos_index, m, n, dev, allow_none=False)
-    slf = _row_index("self_index", self_index, m, n, dev, allow_none=True)
     dummy = torch.zeros(1, device=dev, dtype=torch.float32)
     rmin = rden = dummy
     ga = gc = torch.zeros(1, device=dev, dtype=torch.int64)
@@ -184,11 +195,17 @@ def hex_loss_triton(z1, z2, *, temperature: float = 0.1, threshold="adaptive", q
     batch = z1.shape[0]
     if batch < 2:
         raise ValueError(f"HEX needs a batch of at least 2, got B={batch}")
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if not hierarchy_weight >= 0:
+        raise ValueError(f"hierarchy_weight must be >= 0, got {hierarchy_weight!r}")
     x = torch.cat([z1, z2], dim=0)
     n = 2 * batch
     rows = torch.arange(n, device=x.device)
-    pos, slf = (rows + batch) % n, rows
+    pos, slf = (rows + batch) % n, rows  # valid by construction: no host round trip to check
     eps, labels = None, None
+    xd = x.detach()
+    p = prepare(xd, xd)
     if groups is not None:
         rule = "groups"
         labels = torch.cat([groups, groups]).to(x.device)
@@ -200,12 +217,10 @@ def hex_loss_triton(z1, z2, *, temperature: float = 0.1, threshold="adaptive", q
             if not 0.0 <= float(quantile) <= 1.0:
                 raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
             with torch.no_grad():
-                xd = x.detach()
-                p = prepare(xd, xd)
                 eps = kth_largest(p, nearest_rank_kth(n, float(quantile))).mean()
     else:
         rule, eps = "fixed", float(threshold)
-    return hex_rect(x, x, pos, slf, temperature=temperature, rule=rule, eps=eps,
-                    hierarchy_weight=hierarchy_weight,
-                    positive_in_denominator=positive_in_denominator,
-                    anchor_groups=labels, candidate_groups=labels)
+    return _hex_rect(x, x, p, pos, slf, temperature=temperature, rule=rule, eps=eps,
+                     hierarchy_weight=hierarchy_weight,
+                     positive_in_denominator=positive_in_denominator,
+                     anchor_groups=labels, candidate_groups=labels)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.config import TileConfig, check_inputs, interpreting, tile_config
+from kernels.config import TileConfig, check_inputs, feature_blocks, interpreting, tile_config
 
 NORM_EPS = 1e-12  # F.normalize's default clamp of the norm
 
@@ -43,9 +43,15 @@ class Prepared:
         """The leading arguments every similarity kernel takes."""
         return (self.a, self.c, self.ra, self.rc)
 
+    @property
+    def blocks(self) -> tuple[bool, int, int]:
+        """(single_k, BLOCK_D, BLOCK_DOUT) for this D."""
+        return feature_blocks(self.cfg, self.d, half=not self.norm_div)
+
     def sim_meta(self):
         cfg = self.cfg
-        return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=cfg.block_d,
+        single_k, block_d, _ = self.blocks
+        return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, SINGLE_K=single_k,
                     NORM_DIV=self.norm_div, UPCAST=self.upcast, PRECISION=self.precision,
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 

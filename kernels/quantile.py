@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._tiles import sim_tile
+from kernels._tiles import load_rows, sim_of_tiles, sim_tile
 from kernels.config import SELECT_CAPACITY, SELECT_THRESHOLDS
 from kernels.prepare import Prepared, prepare
 
@@ -47,7 +47,7 @@ _MAX_PASSES = 64  # never reached: 32 bits / 4 bits per key-spaced pass + a few 
 @triton.jit
 def _count_kernel(A, C, RA, RC, ROWS, n_rows, THR, CNT, N, D, stride_a, stride_c,
                   NT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_D: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
+                  BLOCK_D: tl.constexpr, SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
                 PRECISION: tl.constexpr):
     """CNT[r, j] = #{k : s[ROWS[r], k] >= THR[r, j]} for the n_rows selected rows."""
     pid = tl.program_id(0)
@@ -57,12 +57,20 @@ def _count_kernel(A, C, RA, RC, ROWS, n_rows, THR, CNT, N, D, stride_a, stride_c
     ra = tl.load(RA + rows, mask=idx_ok, other=1.0)
     jr = tl.arange(0, NT)
     cnt = tl.zeros([BLOCK_M, NT], dtype=tl.int32)
+    if SINGLE_K:  # the program's own rows, loaded once (flash attention's Q)
+        dk = tl.arange(0, BLOCK_D)
+        dk_ok = dk < D
+        a_own = load_rows(A, rows, idx_ok, dk, dk_ok, stride_a, ra, NORM_DIV, UPCAST)
     for n0 in range(0, N, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < N
         rc = tl.load(RC + cols, mask=col_ok, other=1.0)
-        s = sim_tile(A, C, ra, rc, rows, idx_ok, cols.to(tl.int64), col_ok, D, stride_a, stride_c,
-                     BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
+        if SINGLE_K:
+            c_t = load_rows(C, cols.to(tl.int64), col_ok, dk, dk_ok, stride_c, rc, NORM_DIV, UPCAST)
+            s = sim_of_tiles(a_own, c_t, ra, rc, NORM_DIV, PRECISION)
+        else:
+            s = sim_tile(A, C, ra, rc, rows, idx_ok, cols.to(tl.int64), col_ok, D, stride_a,
+                         stride_c, BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
         s = tl.where(col_ok[None, :], s, float("-inf"))
         for j in tl.static_range(NT):
             t = tl.load(THR + idx.to(tl.int64) * NT + j, mask=idx_ok, other=0.0)
@@ -74,7 +82,7 @@ def _count_kernel(A, C, RA, RC, ROWS, n_rows, THR, CNT, N, D, stride_a, stride_c
 @triton.jit
 def _collect_kernel(A, C, RA, RC, ROWS, n_rows, LO, HI, BUF, N, D, stride_a, stride_c,
                     CAP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_D: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
+                    BLOCK_D: tl.constexpr, SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
                 PRECISION: tl.constexpr):
     """BUF[r, :count] = the values of row ROWS[r] in [LO[r], HI[r]) (count <= CAP), column order."""
     pid = tl.program_id(0)
@@ -85,12 +93,20 @@ def _collect_kernel(A, C, RA, RC, ROWS, n_rows, LO, HI, BUF, N, D, stride_a, str
     lo = tl.load(LO + idx, mask=idx_ok, other=0.0)
     hi = tl.load(HI + idx, mask=idx_ok, other=0.0)
     filled = tl.zeros([BLOCK_M], dtype=tl.int32)
+    if SINGLE_K:  # the program's own rows, loaded once (flash attention's Q)
+        dk = tl.arange(0, BLOCK_D)
+        dk_ok = dk < D
+        a_own = load_rows(A, rows, idx_ok, dk, dk_ok, stride_a, ra, NORM_DIV, UPCAST)
     for n0 in range(0, N, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < N
         rc = tl.load(RC + cols, mask=col_ok, other=1.0)
-        s = sim_tile(A, C, ra, rc, rows, idx_ok, cols.to(tl.int64), col_ok, D, stride_a, stride_c,
-                     BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
+        if SINGLE_K:
+            c_t = load_rows(C, cols.to(tl.int64), col_ok, dk, dk_ok, stride_c, rc, NORM_DIV, UPCAST)
+            s = sim_of_tiles(a_own, c_t, ra, rc, NORM_DIV, PRECISION)
+        else:
+            s = sim_tile(A, C, ra, rc, rows, idx_ok, cols.to(tl.int64), col_ok, D, stride_a,
+                         stride_c, BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
         inside = (s >= lo[:, None]) & (s < hi[:, None]) & col_ok[None, :] & idx_ok[:, None]
         slot = filled[:, None] + tl.cumsum(inside.to(tl.int32), axis=1) - 1
         tl.store(BUF + idx.to(tl.int64)[:, None] * CAP + slot, s, mask=inside & (slot < CAP))
@@ -100,7 +116,7 @@ def _collect_kernel(A, C, RA, RC, ROWS, n_rows, LO, HI, BUF, N, D, stride_a, str
 @triton.jit
 def _minmax_kernel(A, C, RA, RC, M, N, D, stride_a, stride_c, OUT_MIN, OUT_MAX,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   NORM_DIV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+                   SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     """Row minimum and maximum of s over all N columns (the fixed rule's m_i and M_i)."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -109,12 +125,20 @@ def _minmax_kernel(A, C, RA, RC, M, N, D, stride_a, stride_c, OUT_MIN, OUT_MAX,
     ra = tl.load(RA + rows64, mask=row_ok, other=1.0)
     lo = tl.full([BLOCK_M], float("inf"), tl.float32)
     hi = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    if SINGLE_K:  # the program's own rows, loaded once (flash attention's Q)
+        dk = tl.arange(0, BLOCK_D)
+        dk_ok = dk < D
+        a_own = load_rows(A, rows64, row_ok, dk, dk_ok, stride_a, ra, NORM_DIV, UPCAST)
     for n0 in range(0, N, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N)
         col_ok = cols < N
         rc = tl.load(RC + cols, mask=col_ok, other=1.0)
-        s = sim_tile(A, C, ra, rc, rows64, row_ok, cols.to(tl.int64), col_ok, D, stride_a, stride_c,
-                     BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
+        if SINGLE_K:
+            c_t = load_rows(C, cols.to(tl.int64), col_ok, dk, dk_ok, stride_c, rc, NORM_DIV, UPCAST)
+            s = sim_of_tiles(a_own, c_t, ra, rc, NORM_DIV, PRECISION)
+        else:
+            s = sim_tile(A, C, ra, rc, rows64, row_ok, cols.to(tl.int64), col_ok, D, stride_a,
+                         stride_c, BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
         lo = tl.minimum(lo, tl.min(tl.where(col_ok[None, :], s, float("inf")), axis=1))
         hi = tl.maximum(hi, tl.max(tl.where(col_ok[None, :], s, float("-inf")), axis=1))
     tl.store(OUT_MIN + rows64, lo, mask=row_ok)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a CUDA machine: the kernel tests on the GPU, the loss benchmark grid, and 2B = 262,144.
+# On a CUDA machine: the kernel tests on the GPU, a profile, 2B = 262,144, and the loss benchmark.
 # Logs and JSON go to ${OUT:-gpu_out}/ (copy the JSON into bench/results/ to keep it).
 set -uo pipefail
 OUT=${OUT:-gpu_out}
@@ -9,7 +9,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 timeout ${TEST_TIMEOUT:-200} python -m pytest -q --maxfail=10 tests/test_kernel_loss.py tests/test_kernel_quantile.py \
     tests/test_kernel_memory.py -p no:cacheprovider 2>&1 | tail -n 40 | tee "$OUT/tests.log"
+timeout ${PROFILE_TIMEOUT:-60} python -m bench._loss_profile 512 8192 > "$OUT/profile.log" 2>&1
 timeout ${BIG_TIMEOUT:-80} python -m bench._loss_big 262144 2>&1 | tee "$OUT/big.log"
 timeout ${BENCH_TIMEOUT:-240} python -m pytest -q bench/test_loss_bench.py --benchmark-only \
-    -p no:cacheprovider --benchmark-columns=median,rounds -s 2>&1 | tail -n 60 | tee "$OUT/bench.log"
-cp bench/results/loss_*.json "$OUT/" 2>/dev/null || true
+    -p no:cacheprovider --benchmark-columns=median,rounds -s 2>&1 | tail -n 30 | tee "$OUT/bench.log"
+cp bench/results/loss_NVIDIA*.json "$OUT/" 2>/dev/null || true

@@ -33,8 +33,9 @@ def test_every_kernel_compiles_for_sm90_and_sm80(report):
     for name in ("count", "collect", "minmax", "lse.rule1", "bwd_rows.rule1.pos0",
                  "bwd_rows.rule1.pos1", "bwd_cols.rule1.pos0", "bwd_cols.rule1.pos1"):
         for arch in ("sm_90", "sm_80"):
-            assert (f"{name}[bfloat16]", arch) in labels
-    assert ("lse.rule3[float32]", "sm_90") in labels
+            assert (f"{name}[bfloat16,D128]", arch) in labels  # single-K path
+        assert (f"{name}[bfloat16,D512]", "sm_90") in labels  # K-loop path
+    assert ("lse.rule3[float32,D128]", "sm_90") in labels
 
 
 # The shipped fast path (bf16 on sm_90) must not spill; elsewhere (sm_80, the fp32 FMA path) a

@@ -82,6 +82,13 @@ def test_odd_shapes(b, d):
     _check_square(z1, z2, up, _kw("adaptive", 0.5, False, quantile=0.99))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_feature_loop_path_for_large_d(dtype):
+    # D > 256 takes the K-loop path (several feature chunks, output chunks in the backward)
+    z1, z2, up = _inputs(3, 300, dtype, seed=3)
+    _check_square(z1, z2, up, _kw("adaptive", 0.5, True), exact_counts=dtype == torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("threshold", ["adaptive", 0.6])
 def test_half_inputs(dtype, threshold):
