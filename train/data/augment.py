@@ -6,6 +6,11 @@ applied with p = 0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1), gr
 horizontal flip p = 0.5, and for the asymmetric (BYOL-style) methods Gaussian blur p = (1.0, 0.1)
 and solarisation p = (0.0, 0.2) on the two views. Normalisation uses the dataset's mean / std.
 
+Both backends (DALI and torchvision) apply these recipes with the same per-sample draws and the
+same maths, with two documented departures from torchvision's ColorJitter: the jitter order is
+fixed (brightness, contrast, saturation, hue) instead of a random permutation per image, and the
+hue turns the chroma plane in YIQ space (DALI's colour model) instead of shifting HSV hue.
+
 Grey datasets (Fashion-MNIST, MNIST) are replicated to 3 channels before augmenting, so that
 standard backbones work unchanged; colour jitter then only changes brightness and contrast, as the
 saturation and hue of a grey image are zero.
