@@ -27,8 +27,10 @@ def make_pretrain_loader(dataset: ImageDataset, aug: AugmentConfig, *, batch_siz
                          world_size: int = 1, num_workers: int | None = None) -> PretrainLoader:
     """A PretrainLoader (see loader_base.PretrainLoader for what it yields and how it resumes).
 
-    loader: 'dali', 'torchvision', or 'auto' = DALI when installed, else torchvision (with a
-            one-line notice). device: 'cpu' or 'cuda' ('cuda:N' too): where the views are made.
+    loader: 'dali', 'torchvision', or 'auto' = DALI for a CUDA device when installed (else
+            torchvision, with a one-line notice); torchvision on the CPU, where DALI's CPU operators
+            were slower at 32 px (bench/results/data_throughput_cpu.md).
+    device: 'cpu' or 'cuda' ('cuda:N' too): where the views are made.
     num_workers: torchvision DataLoader workers / DALI threads (default: all cores, at most 16 / 8).
     """
     if loader not in LOADERS:
@@ -39,7 +41,9 @@ def make_pretrain_loader(dataset: ImageDataset, aug: AugmentConfig, *, batch_siz
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' requested but no CUDA device is available; use device='cpu'")
     if loader == "auto":
-        if dali_available():
+        if dev.type == "cpu":
+            loader = "torchvision"
+        elif dali_available():
             loader = "dali"
         else:
             log.warning("NVIDIA DALI is not installed: using the torchvision data loader "
