@@ -86,11 +86,10 @@ def cosine_momentum(base: float, step: int, total_steps: int, final: float = 1.0
 
 @torch.no_grad()
 def ema_update(online: nn.Module, target: nn.Module, tau: float) -> None:
-    """target <- tau target + (1 - tau) online (parameters); buffers (BN stats) copied."""
+    """target <- tau target + (1 - tau) online, parameters only (solo-learn's MomentumUpdater: the
+    target's BatchNorm statistics are its own, from its own forward passes)."""
     for po, pt in zip(online.parameters(), target.parameters()):
         pt.mul_(tau).add_(po.detach(), alpha=1 - tau)
-    for bo, bt in zip(online.buffers(), target.buffers()):
-        bt.copy_(bo)
 
 
 class Queue(nn.Module):
