@@ -120,7 +120,7 @@ def compile_one(fn, signature, constexprs, arch: int):
 
 
 def report(dtypes=("bfloat16", "float16", "float32"), rules=(0, 1, 2, 3), archs=(90, 80),
-           dims=(128, 256, 512)) -> dict:
+           dims=(128, 512)) -> dict:
     rows = []
     for dtype in dtypes:
         for label, fn, sig, const in [s for d in dims for s in kernel_specs(dtype, rules, d)]:
