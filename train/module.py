@@ -106,7 +106,9 @@ class SSLModule(L.LightningModule):
         if stats is not None:
             metrics.update({f"hex/{k}": stats[k].float() for k in HEX_LOG_KEYS})
         metrics["train/lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
-        self.log_dict(metrics, on_step=True, on_epoch=True, sync_dist=True, prog_bar=False)
+        # no sync_dist: an all-reduce per metric per step would cost more than it tells; the HEX stats
+        # are already global (summed in HexTerm), the losses are process 0's
+        self.log_dict(metrics, on_step=True, on_epoch=True, sync_dist=False, prog_bar=False)
         self.log("loss", logs["ssl_loss"].float(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return total
 
