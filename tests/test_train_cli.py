@@ -49,6 +49,8 @@ def test_optimizer_steps_equal_epochs_times_steps_per_epoch(tmp_path):
     (["hex.quantile=1.5"], ["hex.quantile"]),
     (["train.epochs"], ["key=value"]),
     (["--batch-size", "6", "--devices", "4"], ["batch_size", "processes"]),
+    (["--dataset", "cifar100", "--data-dir", "/nonexistent/cifar"], ["cifar100", "/nonexistent/cifar"]),
+    (["--dataset", "imagenet"], ["imagenet", "cifar100"]),
 ])
 def test_config_errors_are_caught_before_training(tmp_path, argv, words, capsys):
     out = tmp_path / "run"

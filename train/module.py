@@ -96,16 +96,17 @@ class SSLModule(L.LightningModule):
             probe_loss = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")[valid].sum() / max(len(labels), 1)
             total = total + probe_loss
             logs[f"probe_{name}_loss"] = probe_loss.detach()
-            logs[f"probe_{name}_acc"] = (logits.argmax(1) == labels)[valid].float().mean() if valid.any() else torch.tensor(float("nan"))
+            logs[f"probe_{name}_acc"] = (logits.argmax(1) == labels)[valid].float().mean() if valid.any() \
+                else logits.new_tensor(float("nan"))
         return total, logs
 
     def training_step(self, batch, batch_idx):
         total, logs = self.compute_loss(batch, self.current_epoch)
         stats = logs.pop("hex", None)
-        metrics = {f"train/{k}": v.float() for k, v in logs.items()}
+        metrics: dict = {f"train/{k}": v.float() for k, v in logs.items()}
         if stats is not None:
             metrics.update({f"hex/{k}": stats[k].float() for k in HEX_LOG_KEYS})
-        metrics["train/lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
+        metrics["train/lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
         # no sync_dist: an all-reduce per metric per step would cost more than it tells; the HEX stats
         # are already global (summed in HexTerm), the losses are process 0's
         self.log_dict(metrics, on_step=True, on_epoch=True, sync_dist=False, prog_bar=False)

@@ -115,8 +115,11 @@ class RunData:
         d = cfg.data
         root = d.root or None
         self.cfg = cfg
-        self.train = load_dataset(d.dataset, root=root, split="train")
-        self.eval = load_dataset(d.dataset, root=root, split=d.eval_split)
+        try:  # a missing or bad dataset is a setup error: report it before anything runs
+            self.train = load_dataset(d.dataset, root=root, split="train")
+            self.eval = load_dataset(d.dataset, root=root, split=d.eval_split)
+        except ValueError as err:  # DataError is a ValueError
+            raise C.ConfigError(f"dataset {d.dataset!r}: {err}") from err
         if d.train_subset and d.train_subset < len(self.train):
             self.train = self.train.subset(np.arange(d.train_subset))
         if d.eval_subset and d.eval_subset < len(self.eval):
