@@ -5,7 +5,6 @@ The small-image stem (CIFAR-style, solo-learn): a 3x3 stride-1 first convolution
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 BACKBONES = ("tiny", "resnet18", "resnet50")
@@ -52,8 +51,3 @@ def build_backbone(name: str, image_size: int, small_stem: str = "auto", tiny_wi
         use_small = image_size <= 64 if small_stem == "auto" else small_stem == "yes"
         return _resnet(name, use_small)
     raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
-
-
-@torch.no_grad()
-def feature_dim(backbone: nn.Module) -> int:
-    return int(backbone.feat_dim)

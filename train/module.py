@@ -96,8 +96,9 @@ class SSLModule(L.LightningModule):
             probe_loss = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")[valid].sum() / max(len(labels), 1)
             total = total + probe_loss
             logs[f"probe_{name}_loss"] = probe_loss.detach()
-            logs[f"probe_{name}_acc"] = (logits.argmax(1) == labels)[valid].float().mean() if valid.any() \
-                else logits.new_tensor(float("nan"))
+            n_valid = valid.sum()  # no host sync: NaN when the batch has no labels
+            acc = ((logits.argmax(1) == labels) & valid).sum() / n_valid.clamp_min(1)
+            logs[f"probe_{name}_acc"] = torch.where(n_valid > 0, acc.float(), logits.new_tensor(float("nan")))
         return total, logs
 
     def training_step(self, batch, batch_idx):
