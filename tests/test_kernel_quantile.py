@@ -3,6 +3,8 @@
 Runs under the Triton interpreter on the CPU (tests/conftest.py) and on CUDA where available.
 N > SELECT_CAPACITY makes the count passes run; small N goes straight to the collect pass.
 """
+import os
+
 import pytest
 import torch
 
@@ -21,12 +23,20 @@ def _exact_kth(s: torch.Tensor, q: float) -> torch.Tensor:
 
 
 def test_kernels_package_is_the_repos():
-    import os
-
     import kernels
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert os.path.dirname(os.path.abspath(kernels.__file__)) == os.path.join(root, "kernels")
+
+
+def test_import_kernels_does_not_import_triton():
+    import subprocess
+    import sys
+
+    code = "import sys, kernels; assert 'triton' not in sys.modules; print(kernels.__all__)"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 def test_keys_are_order_preserving_and_invertible():
