@@ -9,6 +9,7 @@ One spawn runs every case, which keeps the test to a few seconds.
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -66,12 +67,46 @@ def run_cases(rank: int, world: int) -> dict:
     return results
 
 
+class _EvalData:
+    """Stands in for train.pretrain.RunData: 37 train and 23 eval images (odd, so shards pad)."""
+
+    def __init__(self):
+        from train.data import ImageDataset
+
+        rng = np.random.default_rng(0)
+
+        def make(n):
+            fine = rng.integers(0, 4, n)
+            return ImageDataset(name="fake", images=rng.integers(0, 256, (n, 12, 12, 3), dtype=np.uint8),
+                                fine=fine, coarse=fine % 2, num_classes=4, num_coarse=2, image_size=12)
+
+        self.train, self.eval = make(37), make(23)
+
+    def eval_loaders(self, device, rank, world_size, max_bank):
+        from train.data import make_eval_loader
+        from train.pretrain import shard_dataset
+
+        return (make_eval_loader(shard_dataset(self.train, rank, world_size, max_bank), batch_size=8),
+                make_eval_loader(shard_dataset(self.eval, rank, world_size), batch_size=8))
+
+
+def run_eval(world: int) -> dict:
+    """kNN / probe metrics of a tiny module with features extracted in shards and gathered."""
+    torch.manual_seed(0)
+    cfg = tiny_config("simclr", "adaptive", eval={"knn_k": 3, "max_bank": 31})
+    module = SSLModule(cfg, num_classes=4, num_coarse=2, image_size=12, steps_per_epoch=4, data=_EvalData())
+    if world > 1:
+        D.convert_batchnorm(module)
+    return module.evaluate()
+
+
 def _worker(rank: int, world: int, port: int, path: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         results = run_cases(rank, world)
+        results["eval"] = run_eval(world)
         if rank == 0:
             torch.save(results, path)
     finally:
@@ -88,7 +123,16 @@ def _free_port() -> int:
 def both(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ddp") / "two.pt")
     mp.spawn(_worker, args=(2, _free_port(), path), nprocs=2, join=True)
-    return run_cases(0, 1), torch.load(path)
+    single = run_cases(0, 1)
+    single["eval"] = run_eval(1)
+    return single, torch.load(path)
+
+
+def test_sharded_evaluation_equals_one_process(both):
+    single, double = both
+    assert set(single["eval"]) == {"knn_fine", "probe_fine", "knn_coarse", "probe_coarse"}
+    for key, value in single["eval"].items():
+        assert double["eval"][key] == pytest.approx(value, abs=1e-6), key
 
 
 @pytest.mark.parametrize("case", [f"{m}/{h}" for m, h in CASES])

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 
 
 @torch.no_grad()
-def extract(backbone: nn.Module, loader, device, max_samples: int = 0):
+def extract(backbone: nn.Module, loader, device):
     """(features [N, F] float32, fine [N], coarse [N]) of an eval loader, backbone in eval mode."""
-    feats, fines, coarses, seen = [], [], [], 0
+    feats, fines, coarses = [], [], []
     was_training = backbone.training
     backbone.eval()
     for images, fine, coarse in loader:
@@ -22,14 +22,8 @@ def extract(backbone: nn.Module, loader, device, max_samples: int = 0):
         feats.append(f)
         fines.append(fine.to(device))
         coarses.append(coarse.to(device))
-        seen += len(images)
-        if max_samples and seen >= max_samples:
-            break
     backbone.train(was_training)
-    feats, fines, coarses = torch.cat(feats), torch.cat(fines), torch.cat(coarses)
-    if max_samples:
-        feats, fines, coarses = feats[:max_samples], fines[:max_samples], coarses[:max_samples]
-    return feats, fines, coarses
+    return torch.cat(feats), torch.cat(fines), torch.cat(coarses)
 
 
 @torch.no_grad()

@@ -153,11 +153,14 @@ class SSLModule(L.LightningModule):
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """kNN (fine, coarse) and probe accuracies on the eval split; the bank is the train split."""
-        device = self.trainer.strategy.root_device if self.trainer is not None else next(self.parameters()).device
-        bank_loader, test_loader = self.data.eval_loaders(device)
-        tr = extract(self.backbone, bank_loader, device, self.cfg.eval.max_bank)
-        te = extract(self.backbone, test_loader, device)
+        """kNN (fine, coarse) and probe accuracies on the eval split; the bank is the train split.
+
+        With several processes each extracts its shard of both splits and the features are
+        gathered, so every process holds the same bank and reports the same numbers.
+        """
+        device = next(self.backbone.parameters()).device
+        loaders = self.data.eval_loaders(device, D.rank(), D.world_size(), self.cfg.eval.max_bank)
+        tr, te = ([D.gather_nograd(t) for t in extract(self.backbone, loader, device)] for loader in loaders)
         k, t = self.cfg.eval.knn_k, self.cfg.eval.knn_temperature
         out = {"knn_fine": knn_accuracy(tr[0], tr[1], te[0], te[1], k, t)}
         if self.probe_fine is not None:

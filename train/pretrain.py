@@ -148,12 +148,36 @@ class RunData:
                                     device=dev, seed=self.cfg.train.seed, rank=rank, world_size=world_size,
                                     num_workers=self.cfg.data.num_workers)
 
-    def eval_loaders(self, device):
+    def eval_loaders(self, device, rank: int = 0, world_size: int = 1, max_bank: int = 0):
+        """(bank loader over the train split, loader over the eval split), this process's shard."""
         from train.data import make_eval_loader
 
         dev = str(device) if device.type == "cuda" else "cpu"
         kw = dict(batch_size=512, device=dev, image_size=self.image_size)
-        return make_eval_loader(self.train, **kw), make_eval_loader(self.eval, **kw)
+        return (make_eval_loader(shard_dataset(self.train, rank, world_size, max_bank), **kw),
+                make_eval_loader(shard_dataset(self.eval, rank, world_size), **kw))
+
+
+def shard_dataset(ds, rank: int, world_size: int, cap: int = 0):
+    """Samples rank, rank + W, ... of the first `cap` (0 = all) of `ds`, padded to ceil(n / W) rows
+    so every process extracts the same number; padding rows are unlabelled (-1), so the kNN and
+    probe accuracies ignore them after the features are gathered."""
+    import numpy as np
+
+    n = min(len(ds), cap) if cap else len(ds)
+    if world_size == 1 and n == len(ds):
+        return ds
+    per = -(-n // world_size)
+    idx = rank + world_size * np.arange(per)
+    pad = idx >= n
+    sub = ds.subset(np.where(pad, idx % n, idx))
+    for attr in ("fine", "coarse"):
+        labels = getattr(sub, attr)
+        if labels is not None and pad.any():
+            labels = labels.copy()
+            labels[pad] = -1
+            setattr(sub, attr, labels)
+    return sub
 
 
 def default_out(cfg: C.Config) -> Path:
