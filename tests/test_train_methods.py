@@ -102,3 +102,9 @@ def test_triton_kernel_matches_torch_in_the_trainer(method, monkeypatch):
         out[kernel] = (loss.detach(), module.backbone.body[0].weight.grad.clone())
     torch.testing.assert_close(out["triton"][0], out["torch"][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["triton"][1], out["torch"][1], rtol=1e-4, atol=1e-5)
+
+
+def test_hex_temperature_follows_the_integration():
+    assert make_module("mocov2", "adaptive").method.hex.temperature == 0.2   # MoCo's own tau
+    assert make_module("nnclr", "adaptive").method.hex.temperature == 0.2
+    assert make_module("barlow", "adaptive").method.hex.temperature == 0.1   # hex.temperature

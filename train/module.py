@@ -25,6 +25,8 @@ from train.methods import METHODS, StepInput
 from train.optim import build_optimizer, warmup_cosine
 
 HEX_LOG_KEYS = ("eps", "hier_fraction", "empty_rows")
+# methods whose own contrastive loss HEX replaces (the others add an alpha-weighted HEX term)
+REPLACING_METHODS = ("simclr", "nnclr", "all4one", "mocov2")
 
 
 def build_method(cfg, backbone: nn.Module, feat_dim: int):
@@ -33,8 +35,9 @@ def build_method(cfg, backbone: nn.Module, feat_dim: int):
     params = cfg.params
     hex_term = None
     if cfg.hex.mode != "none" or getattr(cls, "always_hex", False):
-        # the contrastive methods use their own tau; the added HEX term of the others hex.temperature
-        tau = getattr(params, "temperature", None) if cfg.method in ("simclr", "nnclr", "all4one") else cfg.hex.temperature
+        # where HEX replaces the method's contrastive loss it keeps the method's tau; the HEX term
+        # added to Barlow/VICReg/BYOL/SimSiam uses hex.temperature (0.1, released Barlow/VICReg)
+        tau = params.temperature if cfg.method in REPLACING_METHODS else cfg.hex.temperature
         hex_term = HexTerm(make_schedule(cfg.hex, cfg.method, cfg.train.epochs), tau, cfg.kernel)
     return cls(params, feat_dim, backbone, hex_term, cfg.hex, cfg.kernel)
 
