@@ -54,7 +54,8 @@ def kernel_specs(dtype: str = "bfloat16", rules=(1,), d: int = 128):
                   NORM_DIV=dtype == "float32", UPCAST=False,
                   PRECISION="ieee" if dtype == "float32" else "tf32")
     f32 = "*fp32"
-    ptr = {"RA": f32, "RC": f32, "ROWS": "*i32", "THR": f32, "CNT": "*i32", "LO": f32, "HI": f32,
+    ptr = {"RA": f32, "RC": f32, "ROWS": "*i32", "THR": f32, "CLO": "*i32", "CHI": "*i32",
+           "REFINE": "*i8", "LO": f32, "HI": f32,
            "BUF": f32, "OUT_MIN": f32, "OUT_MAX": f32, "POS": "*i64", "SELF": "*i64", "EPS": f32,
            "RMIN": f32, "RDEN": f32, "GA": "*i64", "GC": "*i64", "OUT": f32, "LSE2": f32,
            "GSCALE": f32, "DA": f32, "DC": f32}
@@ -64,7 +65,7 @@ def kernel_specs(dtype: str = "bfloat16", rules=(1,), d: int = 128):
         c = dict(common, **const)
         specs.append((f"{label}[{dtype},D{d}]", fn, _signature(fn, tdt, ptr, c), c))
 
-    add("count", _count_kernel, NT=SELECT_THRESHOLDS)
+    add("count", _count_kernel, NT=SELECT_THRESHOLDS, FIRST=False)
     add("collect", _collect_kernel, CAP=SELECT_CAPACITY)
     add("minmax", _minmax_kernel)
     for rule in rules:

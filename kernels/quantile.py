@@ -40,22 +40,60 @@ from kernels.config import SELECT_CAPACITY, SELECT_THRESHOLDS
 from kernels.prepare import Prepared, prepare
 
 _START_LO, _START_HI = -2.0, 2.0  # brackets every cosine (|s| <= 1 + a few ulps)
-_KEY_LERP_SPAN = 1 << 24  # switch from value-spaced to key-spaced thresholds below this span
 _MAX_PASSES = 64  # never reached: 32 bits / 4 bits per key-spaced pass + a few value-spaced ones
 
 
 @triton.jit
-def _count_kernel(A, C, RA, RC, ROWS, n_rows, THR, CNT, N, D, stride_a, stride_c,
+def _key(x):
+    """fp32 -> int64 order-preserving key in [0, 2^32) (-0.0 folded onto +0.0)."""
+    b = (x + 0.0).to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+    return tl.where(b >= 0x80000000, (~b) & 0xFFFFFFFF, b | 0x80000000)
+
+
+@triton.jit
+def _unkey(k):
+    b = tl.where(k >= 0x80000000, k & 0x7FFFFFFF, (~k) & 0xFFFFFFFF)
+    b = tl.where(b >= 0x80000000, b - 0x100000000, b)
+    return b.to(tl.int32).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _count_kernel(A, C, RA, RC, ROWS, n_rows, LO, HI, CLO, CHI, REFINE, THR, kth, cap, N, D,
+                  stride_a, stride_c, FIRST: tl.constexpr,
                   NT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                  BLOCK_D: tl.constexpr, SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
-                PRECISION: tl.constexpr):
-    """CNT[r, j] = #{k : s[ROWS[r], k] >= THR[r, j]} for the n_rows selected rows."""
+                  BLOCK_D: tl.constexpr, SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr,
+                  UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """One refinement pass for the n_rows rows ROWS, updating their state in place.
+
+    State per row (indexed by row id): the interval [LO, HI), CLO = #{s >= LO} >= kth > CHI =
+    #{s >= HI}, and REFINE = whether the row still needs a count pass. The program places NT
+    thresholds in each row's interval (THR: scratch [rows, NT]), counts the values >= each
+    threshold over all N columns, and keeps the tightest thresholds still bracketing the kth.
+    """
     pid = tl.program_id(0)
     idx = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     idx_ok = idx < n_rows
     rows = tl.load(ROWS + idx, mask=idx_ok, other=0).to(tl.int64)
     ra = tl.load(RA + rows, mask=idx_ok, other=1.0)
+    lo = tl.load(LO + rows, mask=idx_ok, other=0.0)
+    hi = tl.load(HI + rows, mask=idx_ok, other=1.0)
     jr = tl.arange(0, NT)
+    # thresholds: value-spaced in the first pass; then key-spaced once the interval holds <= 2^24
+    # fp32 values, half value- and half key-spaced before (fp32 values crowd towards 0).
+    width = (hi - lo)[:, None]
+    thr = lo[:, None] + width * (jr.to(tl.float32) / NT)[None, :]
+    if not FIRST:
+        klo = _key(lo)[:, None]
+        span = _key(hi)[:, None] - klo
+        by_key = _unkey(klo + (span * jr.to(tl.int64)[None, :]) // NT)
+        jh = (jr % (NT // 2)).to(tl.int64)[None, :]
+        value_h = lo[:, None] + width * (jh.to(tl.float32) / (NT // 2))
+        key_h = _unkey(klo + (span * jh) // (NT // 2))
+        mixed = tl.where(jr[None, :] < NT // 2, value_h, key_h)
+        thr = tl.where(span <= 16777216, by_key, mixed)
+    thr = tl.minimum(tl.maximum(thr, lo[:, None]), hi[:, None])
+    tl.store(THR + idx.to(tl.int64)[:, None] * NT + jr[None, :], thr, mask=idx_ok[:, None])
+    tl.debug_barrier()  # the loads below read what other threads of this program stored
     cnt = tl.zeros([BLOCK_M, NT], dtype=tl.int32)
     if SINGLE_K:  # the program's own rows, loaded once (flash attention's Q)
         dk = tl.arange(0, BLOCK_D)
@@ -76,7 +114,22 @@ def _count_kernel(A, C, RA, RC, ROWS, n_rows, THR, CNT, N, D, stride_a, stride_c
             t = tl.load(THR + idx.to(tl.int64) * NT + j, mask=idx_ok, other=0.0)
             c = tl.sum((s >= t[:, None]).to(tl.int32), axis=1)
             cnt += tl.where(jr[None, :] == j, c[:, None], 0)
-    tl.store(CNT + idx.to(tl.int64)[:, None] * NT + jr[None, :], cnt, mask=idx_ok[:, None])
+    # counts fall as thresholds rise, so the thresholds need not be sorted: the new lo is the
+    # largest threshold whose count is still >= kth, the new hi the smallest one below kth.
+    c_hi = tl.load(CHI + rows, mask=idx_ok, other=0)
+    ok = cnt >= kth
+    new_lo = tl.max(tl.where(ok, thr, float("-inf")), axis=1)
+    new_c_lo = tl.min(tl.where(ok & (thr == new_lo[:, None]), cnt, 2147483647), axis=1)
+    new_hi = tl.minimum(tl.min(tl.where(ok, float("inf"), thr), axis=1), hi)
+    moved = new_hi < hi
+    at_hi = tl.max(tl.where((~ok) & (thr == new_hi[:, None]), cnt, -1), axis=1)
+    new_c_hi = tl.where(moved, at_hi, c_hi)
+    refine = ((new_c_lo - new_c_hi) > cap) & ((_key(new_hi) - _key(new_lo)) > 1)
+    tl.store(LO + rows, new_lo, mask=idx_ok)
+    tl.store(HI + rows, new_hi, mask=idx_ok)
+    tl.store(CLO + rows, new_c_lo, mask=idx_ok)
+    tl.store(CHI + rows, new_c_hi, mask=idx_ok)
+    tl.store(REFINE + rows, refine.to(tl.int8), mask=idx_ok)
 
 
 @triton.jit
@@ -162,33 +215,6 @@ def _from_key(k: torch.Tensor) -> torch.Tensor:
     return bits.to(torch.int32).view(torch.float32)
 
 
-def _thresholds(lo: torch.Tensor, hi: torch.Tensor, nt: int, first: bool) -> torch.Tensor:
-    """[R, nt] nondecreasing thresholds in [lo, hi), the first one lo itself.
-
-    First pass: nt evenly spaced values (typical rows then need one or two more passes).
-    Later passes: key-spaced while the interval holds <= 2^24 fp32 values; wider intervals (e.g.
-    [0, 2^-10), whose fp32 values crowd towards 0) get half value-spaced, half key-spaced
-    thresholds, so each pass divides the number of fp32 values left by at least nt / 2.
-    """
-    dev = lo.device
-    frac = torch.arange(nt, device=dev, dtype=torch.float32) / nt
-    by_value = lo[:, None] + (hi - lo)[:, None] * frac[None, :]
-    if not first:
-        klo, khi = _to_key(lo), _to_key(hi)
-        span = khi - klo
-        steps = torch.arange(nt, device=dev, dtype=torch.int64)
-        by_key = _from_key(klo[:, None] + (span[:, None] * steps[None, :]) // nt)
-        half = nt // 2
-        frac_h = torch.arange(half, device=dev, dtype=torch.float32) / half
-        value_h = lo[:, None] + (hi - lo)[:, None] * frac_h[None, :]
-        key_h = _from_key(klo[:, None] + (span[:, None] * steps[None, :half]) // half)
-        mixed = torch.cat([value_h, key_h], dim=1).sort(dim=1).values
-        by_value = torch.where((span <= _KEY_LERP_SPAN)[:, None], by_key, mixed)
-    thr = torch.minimum(torch.maximum(by_value, lo[:, None]), hi[:, None])
-    thr[:, 0] = lo
-    return torch.cummax(thr, dim=1).values.contiguous()
-
-
 def kth_largest(p: Prepared, kth: int) -> torch.Tensor:
     """[M] fp32: the kth-largest (1-based) similarity of every anchor row over the N candidates."""
     m, n = p.m, p.n
@@ -200,30 +226,19 @@ def kth_largest(p: Prepared, kth: int) -> torch.Tensor:
     meta = p.sim_meta()
     lo = torch.full((m,), _START_LO, device=dev, dtype=torch.float32)
     hi = torch.full((m,), _START_HI, device=dev, dtype=torch.float32)
-    c_lo = torch.full((m,), n, device=dev, dtype=torch.int64)
-    c_hi = torch.zeros(m, device=dev, dtype=torch.int64)
+    c_lo = torch.full((m,), n, device=dev, dtype=torch.int32)
+    c_hi = torch.zeros(m, device=dev, dtype=torch.int32)
+    refine = torch.full((m,), int(n > cap), device=dev, dtype=torch.int8)
+    scratch = torch.empty((m, nt), device=dev, dtype=torch.float32)  # thresholds of a pass
     for npass in range(_MAX_PASSES):
-        single = (_to_key(hi) - _to_key(lo)) <= 1  # the interval holds one fp32 value: lo
-        refine = ((c_lo - c_hi) > cap) & ~single
         rows = refine.nonzero().flatten()
         r = rows.numel()  # the one host synchronisation per pass
         if r == 0:
             break
-        thr = _thresholds(lo[rows], hi[rows], nt, first=npass == 0)
-        cnt = torch.empty((r, nt), device=dev, dtype=torch.int32)
         grid = (triton.cdiv(r, cfg.block_m),)
-        _count_kernel[grid](*p.sim_args(), rows.to(torch.int32), r, thr, cnt, n, p.d,
-                            p.a.stride(0), p.c.stride(0), NT=nt, **meta)
-        cnt = cnt.to(torch.int64)
-        j = (cnt >= kth).sum(dim=1, keepdim=True) - 1  # last threshold still bracketing the kth
-        j_next = (j + 1).clamp_max(nt - 1)
-        has_next = j + 1 < nt
-        new_hi = torch.where(has_next, thr.gather(1, j_next), hi[rows, None]).flatten()
-        new_c_hi = torch.where(has_next, cnt.gather(1, j_next), c_hi[rows, None]).flatten()
-        lo[rows] = thr.gather(1, j).flatten()
-        c_lo[rows] = cnt.gather(1, j).flatten()
-        hi[rows] = new_hi
-        c_hi[rows] = new_c_hi
+        _count_kernel[grid](*p.sim_args(), rows.to(torch.int32), r, lo, hi, c_lo, c_hi, refine,
+                            scratch, kth, cap, n, p.d, p.a.stride(0), p.c.stride(0),
+                            FIRST=npass == 0, NT=nt, **meta)
     else:
         raise RuntimeError("row selection did not converge; this is a bug, please report it")
 
@@ -238,7 +253,7 @@ def kth_largest(p: Prepared, kth: int) -> torch.Tensor:
         _collect_kernel[grid](*p.sim_args(), rows.to(torch.int32), r, lo[rows].contiguous(),
                               hi[rows].contiguous(), buf, n, p.d, p.a.stride(0), p.c.stride(0),
                               CAP=width, **meta)
-        rank = (kth - c_hi[rows] - 1)[:, None]  # 0-based rank among the values in [lo, hi)
+        rank = (kth - c_hi[rows].long() - 1)[:, None]  # 0-based rank among the values in [lo, hi)
         result[rows] = buf.sort(dim=1, descending=True).values.gather(1, rank).flatten()
     return result
 
