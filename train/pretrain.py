@@ -184,7 +184,7 @@ def default_out(cfg: C.Config) -> Path:
     return Path("runs") / f"{cfg.method}-{cfg.hex.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def build_trainer(cfg: C.Config, out: Path, extra_callbacks=()):
+def build_trainer(cfg: C.Config, out: Path, extra_callbacks=(), resume_step: int | None = None):
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -195,7 +195,10 @@ def build_trainer(cfg: C.Config, out: Path, extra_callbacks=()):
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if gpu else "32-true")
     if precision == "32":
         precision = "32-true"
-    loggers = [CSVLogger(str(out), name="", version="logs")]
+    csv_logger = CSVLogger(str(out), name="", version="logs")
+    if resume_step is not None:
+        keep_logged_rows(csv_logger, out / "logs" / "metrics.csv", resume_step)
+    loggers = [csv_logger]
     try:
         import tensorboard  # noqa: F401
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -224,6 +227,21 @@ def build_trainer(cfg: C.Config, out: Path, extra_callbacks=()):
     )
 
 
+def keep_logged_rows(csv_logger, path: Path, resume_step: int) -> None:
+    """A resumed run keeps its log: Lightning's CSV writer deletes metrics.csv when it starts, so
+    the rows logged before the checkpoint's step are read first and queued for its first write
+    (rows after it are logged again by the resumed run)."""
+    from train.diagnostics import read_metrics
+
+    rows = read_metrics(path)
+    writer = csv_logger.experiment  # creating it deletes the old file
+    for row in rows:
+        if row.get("step") in (None, "") or float(row["step"]) >= resume_step:
+            continue
+        writer.metrics.append({k: (int(float(v)) if k in ("step", "epoch") else float(v))
+                               for k, v in row.items() if v not in ("", None)})
+
+
 def run(cfg: C.Config, extra_callbacks=()) -> dict:
     """Pretrain with a checked config; returns the summary (also written to OUT/summary.json)."""
     import lightning as L
@@ -246,7 +264,12 @@ def run(cfg: C.Config, extra_callbacks=()) -> dict:
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     module = SSLModule(cfg, num_classes=data.train.num_classes, num_coarse=data.train.num_coarse if data.train.coarse is not None else 0,
                        image_size=data.image_size, steps_per_epoch=data.steps_per_epoch, data=data)
-    trainer = build_trainer(cfg, out, extra_callbacks)
+    resume_step = None
+    if ckpt_path is not None:
+        import torch
+
+        resume_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    trainer = build_trainer(cfg, out, extra_callbacks, resume_step)
     if trainer.is_global_zero:
         C.save_yaml(cfg, out / "config.yaml")
     trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
