@@ -1,7 +1,7 @@
 """Batched augmentation in PyTorch (the torchvision backend), on whatever device the tensors live.
 
-Geometry: one ``torchvision.ops.roi_align`` call crops and resizes a whole batch (bilinear, with
-box-averaging when shrinking, like an antialiased resize), then a masked flip. Colour: torchvision's
+Geometry: one batched call crops, resizes and flips a whole batch (``grid_sample`` when no crop
+is shrunk, else ``torchvision.ops.roi_align``, which box-averages like an antialiased resize). Colour: torchvision's
 ColorJitter maths applied per sample in a fixed order (brightness, contrast, saturation, hue), with
 the hue rotated in YIQ space as DALI's ``color_twist`` does (so that the two backends agree), then
 grayscale, Gaussian blur (reflect padding), solarisation and normalisation.
@@ -35,7 +35,15 @@ def to_float_rgb(images: torch.Tensor) -> torch.Tensor:
 
 
 def crop_resize_flip(x: torch.Tensor, p: ViewParams, size: int) -> torch.Tensor:
-    """float [B, 3, H, W] -> [B, 3, size, size]: crop each sample's box, resize, flip where asked."""
+    """float [B, 3, H, W] -> [B, 3, size, size]: crop each sample's box, resize, flip where asked.
+
+    When no box is larger than the output (the usual case for in-memory datasets at their native
+    size) this is plain bilinear sampling, done by grid_sample with the flip folded into the
+    affine map (twice as fast); otherwise roi_align averages the input under each output pixel,
+    i.e. an antialiased shrink, matching DALI's antialiased resize.
+    """
+    if (p.height <= size).all() and (p.width <= size).all():
+        return _sample_boxes(x, p, size)
     from torchvision.ops import roi_align
 
     b = x.shape[0]
@@ -45,6 +53,20 @@ def crop_resize_flip(x: torch.Tensor, p: ViewParams, size: int) -> torch.Tensor:
                     sampling_ratio=-1, aligned=True)
     flip = _t(p.flip, x.device, torch.bool)[:, None, None, None]
     return torch.where(flip, out.flip(-1), out)
+
+
+def _sample_boxes(x: torch.Tensor, p: ViewParams, size: int) -> torch.Tensor:
+    """Bilinear crop-resize-flip: output u in [-1, 1] maps to input (w / W) u + (2 left + w) / W - 1."""
+    b, _, h_in, w_in = x.shape
+    w, h = _t(p.width, "cpu"), _t(p.height, "cpu")
+    sign = torch.where(_t(p.flip, "cpu", torch.bool), -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = sign * w / w_in
+    theta[:, 0, 2] = (2 * _t(p.left, "cpu") + w) / w_in - 1
+    theta[:, 1, 1] = h / h_in
+    theta[:, 1, 2] = (2 * _t(p.top, "cpu") + h) / h_in - 1
+    grid = F.affine_grid(theta.to(x.device), [b, 3, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
