@@ -9,9 +9,10 @@ the Triton kernel is skipped there (under the interpreter every program runs in 
 measures the interpreter, not the kernel). Results (images/s, ratio to torch + torchvision, the
 machine) go to bench/results/step_<device>.{json,md} when the module finishes.
 
-    pytest bench/test_step_bench.py --benchmark-only
+    pytest bench/test_step_bench.py --benchmark-only     # STEP_BENCH_BATCH=1024: another batch size
 """
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ON_GPU = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 STEPS = 20 if ON_GPU else 4
-BATCH = 256 if ON_GPU else 128
+BATCH = int(os.environ.get("STEP_BENCH_BATCH", 256 if ON_GPU else 128))  # e.g. 1024 on a GPU
 KERNELS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(
     not ON_GPU, reason="no GPU: the Triton interpreter measures Python, not the kernel"))]
 LOADERS = ["torchvision", pytest.param("dali", marks=pytest.mark.skipif(
@@ -112,7 +113,7 @@ def _write_results() -> None:
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "results": rows,
     }
     RESULTS.mkdir(exist_ok=True)
-    tag = "gpu" if ON_GPU else "cpu"
+    tag = ("gpu" if ON_GPU else "cpu") + ("" if BATCH == (256 if ON_GPU else 128) else f"_b{BATCH}")
     (RESULTS / f"step_{tag}.json").write_text(json.dumps(info, indent=2))
     lines = [f"# Training-step throughput ({info['model']}, batch {BATCH})", "", f"Machine: {machine}; torch {torch.__version__}; {info['date']}", "",
              "| kernel | loader | images/s | vs torch + torchvision |", "|---|---|---|---|"]
