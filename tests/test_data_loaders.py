@@ -235,7 +235,11 @@ def test_bad_loader_arguments(monkeypatch, caplog):
     import train.data.loaders as L
     monkeypatch.setattr(L, "dali_available", lambda: False)
     with caplog.at_level(logging.WARNING):
-        fallback = make_pretrain_loader(ds, aug, batch_size=4)
-    assert fallback.backend == "torchvision" and "DALI is not installed" in caplog.text
+        assert L.choose_loader("auto", "cuda") == "torchvision"
+    assert "DALI is not installed" in caplog.text
+    monkeypatch.setattr(L, "dali_available", lambda: True)
+    assert L.choose_loader("auto", "cuda") == "dali" and L.choose_loader("dali", "cpu") == "dali"
+    assert make_pretrain_loader(ds, aug, batch_size=4).backend == "torchvision"  # auto on the CPU
+    monkeypatch.setattr(L, "dali_available", lambda: False)
     with pytest.raises(ValueError, match="DALI is not installed"):
         make_pretrain_loader(ds, aug, batch_size=4, loader="dali")

@@ -22,14 +22,27 @@ def dali_available() -> bool:
         importlib.util.find_spec("nvidia.dali") is not None
 
 
+def choose_loader(loader: str, device_type: str) -> str:
+    """Resolve 'auto': DALI for a CUDA device when installed (else torchvision, with a one-line
+    notice); torchvision on the CPU, where DALI's CPU operators were slower at 32 px
+    (bench/results/data_throughput_cpu.md). Other names pass through."""
+    if loader != "auto":
+        return loader
+    if device_type == "cpu":
+        return "torchvision"
+    if dali_available():
+        return "dali"
+    log.warning("NVIDIA DALI is not installed: using the torchvision data loader "
+                "(pip install nvidia-dali-cuda130 for the DALI one)")
+    return "torchvision"
+
+
 def make_pretrain_loader(dataset: ImageDataset, aug: AugmentConfig, *, batch_size: int,
                          loader: str = "auto", device: str = "cpu", seed: int = 0, rank: int = 0,
                          world_size: int = 1, num_workers: int | None = None) -> PretrainLoader:
     """A PretrainLoader (see loader_base.PretrainLoader for what it yields and how it resumes).
 
-    loader: 'dali', 'torchvision', or 'auto' = DALI for a CUDA device when installed (else
-            torchvision, with a one-line notice); torchvision on the CPU, where DALI's CPU operators
-            were slower at 32 px (bench/results/data_throughput_cpu.md).
+    loader: 'dali', 'torchvision', or 'auto' (see choose_loader).
     device: 'cpu' or 'cuda' ('cuda:N' too): where the views are made.
     num_workers: torchvision DataLoader workers / DALI threads (default: all cores, at most 16 / 8).
     """
@@ -40,15 +53,7 @@ def make_pretrain_loader(dataset: ImageDataset, aug: AugmentConfig, *, batch_siz
         raise ValueError(f"unknown device {device!r}; choose one of {DEVICES} (or 'cuda:N')")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' requested but no CUDA device is available; use device='cpu'")
-    if loader == "auto":
-        if dev.type == "cpu":
-            loader = "torchvision"
-        elif dali_available():
-            loader = "dali"
-        else:
-            log.warning("NVIDIA DALI is not installed: using the torchvision data loader "
-                        "(pip install nvidia-dali-cuda130 for the DALI one)")
-            loader = "torchvision"
+    loader = choose_loader(loader, dev.type)
     kwargs = dict(batch_size=batch_size, device=device, seed=seed, rank=rank,
                   world_size=world_size, num_workers=num_workers)
     if loader == "dali":
