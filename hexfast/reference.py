@@ -81,11 +81,16 @@ def row_quantiles(s: Tensor, q: float) -> Tensor:
 
 
 def similarities(anchors: Tensor, candidates: Tensor) -> Tensor:
-    """Cosine similarities [M, N] of the L2-normalised rows, in float32 (float64 stays float64)."""
+    """Cosine similarities [M, N] of the L2-normalised rows, in float32 (float64 stays float64).
+
+    Autocast is switched off here: under bf16 mixed precision the product would otherwise be
+    rounded to bf16 (~4e-3), moving eps and flipping threshold decisions.
+    """
     dtype = torch.float64 if anchors.dtype == torch.float64 else torch.float32
-    a = F.normalize(anchors.to(dtype), dim=1)
-    c = a if candidates is anchors else F.normalize(candidates.to(dtype), dim=1)
-    return a @ c.T
+    with torch.autocast(device_type=anchors.device.type, enabled=False):
+        a = F.normalize(anchors.to(dtype), dim=1)
+        c = a if candidates is anchors else F.normalize(candidates.to(dtype), dim=1)
+        return a @ c.T
 
 
 def _special_mask(m: int, n: int, pos_index: Tensor, self_index: Tensor, device) -> Tensor:

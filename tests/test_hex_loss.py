@@ -440,3 +440,13 @@ def test_bad_input_raises(name):
 def test_errors_are_value_and_type_errors():
     assert issubclass(HEXInputError, ValueError)
     assert issubclass(HEXTypeError, TypeError) and issubclass(HEXTypeError, HEXInputError)
+
+
+def test_reference_is_float32_under_bf16_autocast():
+    """Mixed precision must not round the similarities (and so eps and the masks) to bf16."""
+    z1, z2 = torch.randn(16, 8), torch.randn(16, 8)
+    want, want_stats = hex_loss(z1, z2, kernel="torch", return_stats=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, got_stats = hex_loss(z1, z2, kernel="torch", return_stats=True)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert torch.equal(got_stats["eps"], want_stats["eps"])

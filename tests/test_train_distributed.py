@@ -146,3 +146,14 @@ def test_two_processes_equal_one(both, case):
             scale = float(g1[name].abs().max())
             torch.testing.assert_close(g2[name], g1[name], rtol=2e-3, atol=1e-5 + 3e-3 * scale,
                                        msg=lambda m: f"{case} step {step} grad {name}: {m}")
+
+
+def test_convert_batchnorm_keeps_frozen_parameters_frozen():
+    """EMA targets' BatchNorm parameters must stay frozen after conversion: a frozen parameter that
+    requires grad but never gets one makes DDP wait for it (a crash on the second step)."""
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    frozen = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).requires_grad_(False)
+    for module, expected in ((net, True), (frozen, False)):
+        converted = D.convert_batchnorm(module)
+        assert isinstance(converted[1], D.AllReduceBatchNorm)
+        assert all(p.requires_grad == expected for p in converted.parameters())

@@ -64,10 +64,23 @@ def test_threshold_schedule_advances(method):
     adaptive = make_module(method, "adaptive").method.hex
     warm, after = adaptive.mode(0), adaptive.mode(1)
     assert after.threshold == "adaptive" and after.eps is None
-    if method == "nnclr":
+    if method in ("nnclr", "all4one"):
         assert warm.eps == pytest.approx(0.9)  # raw-cosine warm-up (released NNCLR)
+    elif method in ("barlow", "vicreg", "byol", "simsiam"):
+        assert warm == after  # released Barlow/VICReg: HEX from epoch 0, no warm-up
     else:
         assert warm.threshold == "none" and warm.positive_in_denominator  # InfoNCE warm-up
+
+
+def test_warmup_override_is_a_config_choice():
+    from train import config as C
+    from train.hexterm import make_schedule
+
+    cfg = C.from_dict({"method": "barlow", "hex": {"warmup": "infonce", "warmup_epochs": 2}})
+    sched = make_schedule(cfg.hex, "barlow", 10)
+    assert sched(2).threshold == "none" and sched(3).threshold == "adaptive"
+    with pytest.raises(C.ConfigError, match="warmup"):
+        C.from_dict({"hex": {"warmup": "sometimes"}})
 
 
 def test_hex_none_is_the_plain_loss_for_additive_methods():
@@ -108,3 +121,15 @@ def test_hex_temperature_follows_the_integration():
     assert make_module("mocov2", "adaptive").method.hex.temperature == 0.2   # MoCo's own tau
     assert make_module("nnclr", "adaptive").method.hex.temperature == 0.2
     assert make_module("barlow", "adaptive").method.hex.temperature == 0.1   # hex.temperature
+
+
+def test_queue_push_larger_than_the_queue_keeps_the_last_rows():
+    from train.methods.base import Queue
+
+    queue = Queue(4, 2, normalized_random=False)
+    queue.push(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))
+    rows = torch.arange(12.0).view(6, 2)
+    queue.push(rows, torch.arange(6))
+    # 9 rows pushed in all: the queue holds the last 4 and the pointer sits after the 9th
+    assert sorted(queue.labels.tolist()) == [2, 3, 4, 5] and int(queue.ptr) == 9 % 4
+    assert torch.equal(queue.rows[queue.labels.argsort()], rows[2:])

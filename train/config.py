@@ -48,6 +48,7 @@ KERNELS = ("auto", "torch", "triton")
 LOADERS = ("auto", "dali", "torchvision")
 BACKBONES = ("tiny", "resnet18", "resnet50")
 FIXED_SCHEDULES = ("step", "cos", "cos_released")
+HEX_WARMUPS = ("auto", "infonce", "cosine", "off")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu")
 
@@ -56,7 +57,8 @@ ACCELERATORS = ("auto", "cpu", "gpu")
 class HexConfig:
     mode: str = choice("adaptive", HEX_MODES)  # none = the method's standard loss; superclass = coarse labels as groups
     quantile: float = 0.99            # adaptive: eps = mean over rows of each row's nearest-rank q-quantile (spec §2)
-    warmup_epochs: int = 1            # SimCLR: InfoNCE for epoch < warmup; NNCLR/All4One: eps = warmup_eps (released: 10 of 400-500)
+    warmup: str = choice("auto", HEX_WARMUPS)  # adaptive warm-up; auto = per method as released (train/hexterm.py)
+    warmup_epochs: int = 1            # warm-up while epoch <= this (released: 10 of 400-500); needs warmup != off
     warmup_eps: float = 0.9           # NNCLR/All4One raw-cosine threshold during warm-up (released code)
     fixed_schedule: str = choice("step", FIXED_SCHEDULES)  # fixed: threshold schedule over epochs (spec §3)
     fixed_start: float = 0.95         # fixed: starting threshold on the min-max normalised cosine (Table 7)

@@ -162,6 +162,9 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
             with torch.no_grad():
                 new.weight.copy_(module.weight)
                 new.bias.copy_(module.bias)
+            # frozen copies (EMA targets) must stay frozen, or DDP waits for their gradients
+            new.weight.requires_grad_(module.weight.requires_grad)
+            new.bias.requires_grad_(module.bias.requires_grad)
         if module.track_running_stats:
             new.running_mean.copy_(module.running_mean)
             new.running_var.copy_(module.running_var)

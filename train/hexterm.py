@@ -20,9 +20,11 @@ from hexfast.reference import hex_from_similarities, row_quantiles
 from hexfast.thresholds import HexMode, Schedule, build_schedule
 from train import distributed as D
 
-# which warm-up the adaptive schedule uses per method (spec §3): NNCLR and All4One use a fixed
-# raw-cosine eps; the SimCLR-form losses use plain InfoNCE.
-COSINE_WARMUP_METHODS = ("nnclr", "all4one")
+# The adaptive rule's warm-up per method under hex.warmup=auto (spec §3): SimCLR (and MoCo v2, whose
+# HEX also replaces its InfoNCE) start with plain InfoNCE; NNCLR and All4One with a fixed raw-cosine
+# eps; the released Barlow Twins and VICReg apply HEX from epoch 0, and BYOL/SimSiam follow them.
+HEX_WARMUP = {"nnclr": "cosine", "all4one": "cosine", "barlow": "off", "vicreg": "off", "byol": "off",
+              "simsiam": "off"}
 
 
 def make_schedule(hex_cfg, method: str, epochs: int) -> Schedule:
@@ -32,7 +34,7 @@ def make_schedule(hex_cfg, method: str, epochs: int) -> Schedule:
     if mode == "none":
         return build_schedule("none")
     if mode == "adaptive":
-        warmup = "cosine" if method in COSINE_WARMUP_METHODS else "infonce"
+        warmup = hex_cfg.warmup if hex_cfg.warmup != "auto" else HEX_WARMUP.get(method, "infonce")
         return build_schedule("adaptive", quantile=hex_cfg.quantile, warmup_epochs=hex_cfg.warmup_epochs,
                               warmup=warmup, warmup_eps=hex_cfg.warmup_eps, **common)
     if mode == "superclass":

@@ -217,7 +217,10 @@ def build_trainer(cfg: C.Config, out: Path, extra_callbacks=(), resume_step: int
     if world > 1:
         from lightning.pytorch.strategies import DDPStrategy
 
-        strategy = DDPStrategy(process_group_backend="nccl" if gpu else "gloo")
+        # Buffers (queues, BatchNorm statistics) are kept identical by the code itself (all-reduced
+        # BatchNorm, queues filled from gathered batches): re-broadcasting ~100 MB of queue from rank 0
+        # every step would only cost time.
+        strategy = DDPStrategy(process_group_backend="nccl" if gpu else "gloo", broadcast_buffers=False)
     return L.Trainer(
         default_root_dir=str(out), max_epochs=t.epochs, max_steps=t.max_steps,
         accelerator="gpu" if gpu else "cpu", devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,

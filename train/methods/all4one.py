@@ -69,6 +69,7 @@ def off_diagonal(x):
 
 class All4One(Method):
     name = "all4one"
+    augment = "asymmetric"  # the released/solo-learn configs use asymmetric.yaml (solarisation on view 2)
     Params = All4OneParams
 
     def __init__(self, params, feat_dim, backbone, hex_term, hex_cfg, kernel="auto"):

@@ -28,6 +28,7 @@ class BarlowParams(MethodParams):
 
 class Barlow(Method):
     name = "barlow"
+    augment = "asymmetric"  # the released/solo-learn configs use asymmetric.yaml (solarisation on view 2)
     Params = BarlowParams
 
     def __init__(self, params, feat_dim, backbone, hex_term, hex_cfg, kernel="auto"):

@@ -110,12 +110,16 @@ class Queue(nn.Module):
     @torch.no_grad()
     def push(self, x: Tensor, labels: Tensor | None = None) -> None:
         x = D.gather_nograd(x.detach().to(self.rows.dtype))
-        size = self.rows.shape[0]
-        idx = (int(self.ptr) + torch.arange(x.shape[0], device=x.device)) % size
-        self.rows[idx] = x[-size:] if x.shape[0] > size else x
         if labels is not None:
-            self.labels[idx] = D.gather_nograd(labels)
-        self.ptr.fill_((int(self.ptr) + x.shape[0]) % size)
+            labels = D.gather_nograd(labels)
+        size, pushed = self.rows.shape[0], x.shape[0]
+        start = int(self.ptr) + max(0, pushed - size)  # a push larger than the queue keeps its last rows
+        x = x[-size:]
+        idx = (start + torch.arange(x.shape[0], device=x.device)) % size
+        self.rows[idx] = x
+        if labels is not None:
+            self.labels[idx] = labels[-size:]
+        self.ptr.fill_((int(self.ptr) + pushed) % size)
 
 
 class Method(nn.Module):

@@ -52,8 +52,9 @@ class MoCoV2(Method):
         rows = queue.rows.clone()  # the queue is updated in place after the loss
         if self.hex is None:
             return mocov2(q, k, rows, self.p.temperature), None
-        qn, kn = F.normalize(q, dim=1), F.normalize(k.detach(), dim=1)
-        s = torch.cat([(qn * kn).sum(1, keepdim=True), qn @ rows.T], dim=1)
+        with torch.autocast(device_type=q.device.type, enabled=False):  # fp32 similarities, as the reference
+            qn, kn = F.normalize(q.float(), dim=1), F.normalize(k.detach().float(), dim=1)
+            s = torch.cat([(qn * kn).sum(1, keepdim=True), qn @ rows.float().T], dim=1)
         cand = torch.cat([queue.labels.new_full((1,), -1), queue.labels.clone()])
         return self.hex.rows(s, step.epoch, step.coarse, cand)
 

@@ -43,6 +43,7 @@ def contrastive_rect(anchors, candidates_local, temperature, kernel):
 
 class NNCLR(Method):
     name = "nnclr"
+    augment = "asymmetric"  # the released/solo-learn configs use asymmetric.yaml (solarisation on view 2)
     Params = NNCLRParams
 
     def __init__(self, params, feat_dim, backbone, hex_term, hex_cfg, kernel="auto"):
