@@ -79,6 +79,7 @@ class DataConfig:
     loader: str = choice("auto", LOADERS)  # auto = DALI when importable and on a GPU, else torchvision
     num_workers: int = 2              # torchvision loader worker processes
     image_size: int = 0               # crop size; 0 = the dataset's native size
+    train_split: str = "train"        # split to pretrain on (stl10: "train+unlabeled" adds its 100k unlabelled images)
     eval_split: str = "test"          # split used for kNN / probe evaluation
     train_subset: int = 0             # use only the first N training images (smoke runs, tests); 0 = all
     eval_subset: int = 0              # evaluate on the first N eval-split images; 0 = all

@@ -116,7 +116,7 @@ class RunData:
         root = d.root or None
         self.cfg = cfg
         try:  # a missing or bad dataset is a setup error: report it before anything runs
-            self.train = load_dataset(d.dataset, root=root, split="train")
+            self.train = load_dataset(d.dataset, root=root, split=d.train_split)
             self.eval = load_dataset(d.dataset, root=root, split=d.eval_split)
         except ValueError as err:  # DataError is a ValueError
             raise C.ConfigError(f"dataset {d.dataset!r}: {err}") from err
@@ -124,6 +124,9 @@ class RunData:
             self.train = self.train.subset(np.arange(d.train_subset))
         if d.eval_subset and d.eval_subset < len(self.eval):
             self.eval = self.eval.subset(np.arange(d.eval_subset))
+        # the kNN bank holds the labelled training images only (an unlabelled split has fine = -1)
+        labelled = None if self.train.fine is None else np.flatnonzero(self.train.fine >= 0)
+        self.bank = self.train if labelled is None or len(labelled) == len(self.train) else self.train.subset(labelled)
         self.image_size = d.image_size or self.train.image_size
         self.aug = augment_preset(METHODS[cfg.method].augment, self.image_size)
         if cfg.hex.mode == "superclass" and self.train.coarse is None:
@@ -149,12 +152,12 @@ class RunData:
                                     num_workers=self.cfg.data.num_workers)
 
     def eval_loaders(self, device, rank: int = 0, world_size: int = 1, max_bank: int = 0):
-        """(bank loader over the train split, loader over the eval split), this process's shard."""
+        """(bank loader over the labelled training images, loader over the eval split), this process's shard."""
         from train.data import make_eval_loader
 
         dev = str(device) if device.type == "cuda" else "cpu"
         kw = dict(batch_size=512, device=dev, image_size=self.image_size)
-        return (make_eval_loader(shard_dataset(self.train, rank, world_size, max_bank), **kw),
+        return (make_eval_loader(shard_dataset(self.bank, rank, world_size, max_bank), **kw),
                 make_eval_loader(shard_dataset(self.eval, rank, world_size), **kw))
 
 
