@@ -71,8 +71,9 @@ def plot(out: Path, rows: list[dict], history: list[dict]) -> list[str]:
     return written
 
 
-def finish_run(cfg, out: Path, history: list[dict], steps: int) -> dict:
-    """Plots + summary.json; returns the summary dict."""
+def finish_run(cfg, out: Path, history: list[dict], steps: int, wall_s: float | None = None) -> dict:
+    """Plots + summary.json; returns the summary dict. wall_s: seconds of this invocation's training
+    (a resumed run reports only its own part)."""
     rows = read_metrics(out / "logs" / "metrics.csv")
     plots = plot(out, rows, history)
     eps = series(rows, "hex/eps_step")[1]
@@ -83,6 +84,7 @@ def finish_run(cfg, out: Path, history: list[dict], steps: int) -> dict:
         "kernel": cfg.kernel,
         "dataset": cfg.data.dataset,
         "steps": steps,
+        "wall_s": wall_s,
         "final": history[-1] if history else {},
         "history": history,
         "hex_last": {"eps": eps[-1] if eps else None, "hier_fraction": frac[-1] if frac else None},

@@ -278,10 +278,12 @@ def run(cfg: C.Config, extra_callbacks=()) -> dict:
     trainer = build_trainer(cfg, out, extra_callbacks, resume_step)
     if trainer.is_global_zero:
         C.save_yaml(cfg, out / "config.yaml")
+    started = time.perf_counter()
     trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    wall_s = time.perf_counter() - started
     summary = {}
     if trainer.is_global_zero:
-        summary = finish_run(cfg, out, module.history, int(trainer.global_step))
+        summary = finish_run(cfg, out, module.history, int(trainer.global_step), wall_s=wall_s)
     return summary
 
 
