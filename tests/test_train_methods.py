@@ -133,3 +133,14 @@ def test_queue_push_larger_than_the_queue_keeps_the_last_rows():
     # 9 rows pushed in all: the queue holds the last 4 and the pointer sits after the 9th
     assert sorted(queue.labels.tolist()) == [2, 3, 4, 5] and int(queue.ptr) == 9 % 4
     assert torch.equal(queue.rows[queue.labels.argsort()], rows[2:])
+
+
+def test_mocov2_momentum_rises_to_its_final_value():
+    from train import config as C
+    from train.methods.base import cosine_momentum
+
+    p = C.from_dict({"method": "mocov2"}).params
+    assert (p.momentum, p.final_momentum) == (0.99, 0.999)
+    assert cosine_momentum(p.momentum, 100, 100, final=p.final_momentum) == pytest.approx(0.999)
+    with pytest.raises(C.ConfigError, match="final_momentum"):
+        C.from_dict({"method": "mocov2", "mocov2": {"final_momentum": 0.5}})

@@ -36,7 +36,8 @@ def _resnet(name: str, small_stem: bool) -> nn.Module:
 
     net = getattr(torchvision.models, name)(weights=None)
     if small_stem:
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        # solo-learn's CIFAR stem (the paper's runs): 3x3, stride 1, padding 2, no max-pool
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
         net.maxpool = nn.Identity()
     net.feat_dim = net.fc.in_features
     net.fc = nn.Identity()

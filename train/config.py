@@ -248,7 +248,12 @@ def validate(cfg: Config) -> Config:
     need(cfg.eval.knn_k >= 1 and cfg.eval.every_epochs >= 1, "eval.knn_k and eval.every_epochs must be >= 1")
     need(cfg.data.num_workers >= 0 and cfg.data.image_size >= 0, "data.num_workers and data.image_size must be >= 0")
     need(cfg.data.train_subset >= 0 and cfg.data.eval_subset >= 0, "data.train_subset and data.eval_subset must be >= 0")
-    cfg.params.check(cfg)  # method-specific ranges (queue sizes, ...)
+    try:
+        cfg.params.check(cfg)  # method-specific ranges (queue sizes, ...)
+    except ConfigError:
+        raise
+    except ValueError as err:  # reported like every other config error
+        raise ConfigError(str(err)) from err
     return cfg
 
 

@@ -29,11 +29,14 @@ class MoCoV2Params(MethodParams):
     proj_output_dim: int = 256
     queue_size: int = 65536           # Table 6
     temperature: float = 0.2          # Table 6
-    momentum: float = 0.99            # Table 6: base EMA coefficient (-> 1.0 on a cosine)
+    momentum: float = 0.99            # Table 6: base EMA coefficient
+    final_momentum: float = 0.999     # ... rising on a cosine to this (solo-learn's mocov2plus CIFAR config)
 
     def check(self, cfg) -> None:
         if self.queue_size < 1 or self.temperature <= 0:
             raise ValueError("mocov2.queue_size must be >= 1 and mocov2.temperature > 0")
+        if not 0.0 <= self.momentum <= self.final_momentum <= 1.0:
+            raise ValueError("mocov2 needs 0 <= momentum <= final_momentum <= 1")
 
 
 class MoCoV2(Method):
@@ -70,6 +73,6 @@ class MoCoV2(Method):
         return (l1 + l2) / 2, logs
 
     def after_optimizer_step(self, global_step, total_steps, backbone):
-        tau = cosine_momentum(self.p.momentum, global_step, total_steps)
+        tau = cosine_momentum(self.p.momentum, global_step, total_steps, final=self.p.final_momentum)
         ema_update(backbone, self.momentum_backbone, tau)
         ema_update(self.projector, self.momentum_projector, tau)
