@@ -89,8 +89,9 @@ class All4One(Method):
         self.att_hex = None if hex_term is None else HexTerm(hex_term.schedule, ATT_TEMPERATURE, hex_term.kernel)
 
     def param_groups(self):
-        """The transformer trains with its own lr (released code)."""
-        return [{"params": list(self.transformer.parameters()), "lr": self.p.transformer_lr, "fixed_lr": True}]
+        """The transformer trains with its own peak lr (released code), on the same warm-up + cosine
+        schedule as the rest (as solo-learn's scheduler does for every group)."""
+        return [{"params": list(self.transformer.parameters()), "lr": self.p.transformer_lr}]
 
     @torch.no_grad()
     def find_nn(self, zm):
