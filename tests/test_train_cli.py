@@ -35,7 +35,7 @@ def test_optimizer_steps_equal_epochs_times_steps_per_epoch(tmp_path):
     cfg = pretrain.resolve(TINY + ["--epochs", "2", "--out", str(tmp_path / "r")])
     summary = pretrain.run(cfg)
     assert summary["steps"] == 2 * STEPS_PER_EPOCH
-    ckpt = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["lr_schedulers"][0]["last_epoch"] == 2 * STEPS_PER_EPOCH  # one scheduler step per optimizer step
     assert [h["epoch"] for h in summary["history"]] == [0, 1]
 
@@ -120,12 +120,12 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, method, every, crash):
     cut = tmp_path / "cut"
     with pytest.raises(Crash):
         pretrain.run(pretrain.resolve(args + ["--out", str(cut)]), extra_callbacks=[CrashAt(crash).callback])
-    saved = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)
+    saved = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == (crash - 1 if every else STEPS_PER_EPOCH)  # where the resume starts
     resumed = pretrain.run(pretrain.resolve(["--out", str(cut), "--resume"]))
     assert resumed["steps"] == full["steps"] == 3 * STEPS_PER_EPOCH
-    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)
     for key, value in a["state_dict"].items():  # weights, queues, EMA targets, BN statistics
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
     for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values()):

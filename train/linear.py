@@ -71,12 +71,15 @@ class _Standardise(nn.Module):
 
 
 def load_backbone(ckpt_path: Path):
-    """(config, state_dict) of a pretraining checkpoint."""
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    extra = ckpt.get("hexfast")
-    if not extra or "config" not in extra:
-        raise ValueError(f"{ckpt_path} is not a train.pretrain checkpoint (no 'hexfast' config entry)")
-    cfg = C.from_dict(extra["config"])
+    """(config, state_dict) of a pretraining checkpoint, read safely (tensors and plain values only:
+    a crafted checkpoint cannot run code; see train/rundir.py)."""
+    from train.rundir import read_checkpoint
+
+    ckpt = read_checkpoint(ckpt_path, "pass a checkpoint written by train.pretrain")
+    try:
+        cfg = C.from_dict(ckpt["hexfast"]["config"])
+    except ValueError as err:
+        raise C.ConfigError(f"checkpoint {ckpt_path}: the config stored in it is not valid ({err})") from err
     return cfg, ckpt["state_dict"]
 
 

@@ -183,6 +183,18 @@ def shard_dataset(ds, rank: int, world_size: int, cap: int = 0):
     return sub
 
 
+def is_first_process() -> bool:
+    """Whether this is the run's first process, before a Trainer exists: Lightning's launcher
+    re-runs this script for processes 1.. with LOCAL_RANK set, a node's first process has NODE_RANK,
+    torchrun sets RANK (the first of RANK, LOCAL_RANK, SLURM_PROCID set decides, as in Lightning)."""
+    if (os.environ.get("NODE_RANK") or "0").strip() != "0":
+        return False
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(var) is not None:
+            return os.environ[var].strip() in ("", "0")
+    return True
+
+
 def default_out(cfg: C.Config) -> Path:
     return Path("runs") / f"{cfg.method}-{cfg.hex.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -249,41 +261,62 @@ def keep_logged_rows(csv_logger, path: Path, resume_step: int) -> None:
 
 
 def run(cfg: C.Config, extra_callbacks=()) -> dict:
-    """Pretrain with a checked config; returns the summary (also written to OUT/summary.json)."""
+    """Pretrain with a checked config; returns the summary (also written to OUT/summary.json).
+
+    Nothing in the run folder is written until every check has passed: the out folder, the
+    checkpoint and (on resume) the config against the run's, then the data; the folder is then
+    locked (train/rundir.py) for as long as the run uses it.
+    """
     import lightning as L
 
+    from train import rundir
     from train.diagnostics import finish_run
     from train.module import SSLModule
 
     check_environment(cfg)
     out = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
     cfg.train.out = str(out)
+    rundir.check_out(out)
     ckpt_path = None
+    resume_step = None
     if cfg.train.resume:
         ckpt_path = out / "checkpoints" / "last.ckpt"
         if not ckpt_path.is_file():
             raise C.ConfigError(f"--resume: no checkpoint at {ckpt_path}")
+        ckpt = rundir.read_checkpoint(ckpt_path, "restore it from a copy, or start a new run with another --out")
+        rundir.check_resume(cfg, out, ckpt)
+        resume_step = int(ckpt["global_step"])
+        del ckpt
     elif (out / "checkpoints" / "last.ckpt").exists():
         raise C.ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    data = RunData(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    module = SSLModule(cfg, num_classes=data.train.num_classes, num_coarse=data.train.num_coarse if data.train.coarse is not None else 0,
-                       image_size=data.image_size, steps_per_epoch=data.steps_per_epoch, data=data)
-    resume_step = None
-    if ckpt_path is not None:
-        import torch
-
-        resume_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
-    trainer = build_trainer(cfg, out, extra_callbacks, resume_step)
-    if trainer.is_global_zero:
-        C.save_yaml(cfg, out / "config.yaml")
-    started = time.perf_counter()
-    trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    wall_s = time.perf_counter() - started
-    summary = {}
-    if trainer.is_global_zero:
-        summary = finish_run(cfg, out, module.history, int(trainer.global_step), wall_s=wall_s)
+    # lock before loading data, so a second run on this folder is refused at once
+    lock = rundir.RunLock(out).acquire() if is_first_process() else None
+    try:
+        data = RunData(cfg)
+        L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+        module = SSLModule(cfg, num_classes=data.train.num_classes,
+                           num_coarse=data.train.num_coarse if data.train.coarse is not None else 0,
+                           image_size=data.image_size, steps_per_epoch=data.steps_per_epoch, data=data)
+    except BaseException:
+        if lock is not None:
+            lock.abandon()  # nothing written yet: leave no (empty) run folder behind
+        raise
+    try:
+        trainer = build_trainer(cfg, out, extra_callbacks, resume_step)
+        if trainer.is_global_zero and lock is None:  # a launcher whose ranks the environment did not tell
+            lock = rundir.RunLock(out).acquire()
+        if trainer.is_global_zero:
+            C.save_yaml(cfg, out / "config.yaml")
+        started = time.perf_counter()
+        # weights_only=True: Lightning's own load may not unpickle arbitrary objects either
+        trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+        wall_s = time.perf_counter() - started
+        summary = {}
+        if trainer.is_global_zero:
+            summary = finish_run(cfg, out, module.history, int(trainer.global_step), wall_s=wall_s)
+    finally:
+        if lock is not None:
+            lock.release()
     return summary
 
 
