@@ -1,238 +1,79 @@
-"""The public HEX loss: input validation, then dispatch to the PyTorch reference or the Triton kernel.
+"""The public HEX loss: validate the arguments, resolve the rule, call the backend.
 
     hex_loss(z1, z2, ...)             two views [B, D] each; both views are anchors (2B rows)
     HEXLoss(...)(z1, z2)              the same as an nn.Module holding the settings
     hex_rect_loss(anchors, cands, ...) the general form: anchors [M, D] vs candidates [N, D]
     candidate_row_quantiles(a, c, q)   per-row nearest-rank quantiles of a c^T (adaptive eps parts)
 
+Each call: every argument is checked once (`hexfast.validate`), the hierarchy rule is resolved once
+into a `hexfast.rules.Rule`, and one backend of the protocol in `hexfast.backend` computes the loss.
 The semantics are those of `hexfast.reference` (the spec); see that module's docstring. In short:
 the defaults (w = 0, positive not in the denominator) reproduce the authors' released code, which
-also adds the constant (2B - 2) e^{-1/t} to every denominator. That constant has no gradient and
-only shifts the logged value, so it is left out here: values differ from the released code's logs
-by log-terms of that constant, gradients do not differ.
+also adds the constant (2B - 2) e^{-1/t} inside its log. That constant has no gradient and only
+shifts the logged value, so it is left out here: values differ from the released code's logs, gradients
+do not differ.
 
-Validation cost. Shape, dtype, device and argument checks read only tensor metadata. Checks on
-tensor *values* (non-finite embeddings, index ranges, a tensor eps) need the values on the host,
-which on a GPU is a device sync every step. They therefore run:
-    - always for CPU tensors;
-    - for CUDA tensors only in "full" mode: `set_validation("full")`, or the environment variable
-      HEXFAST_CHECK_FINITE=1 at import time. The default mode is "cheap".
+Validation cost: see `hexfast.validate` (value checks run for CPU tensors always, for CUDA tensors
+only after `set_validation("full")` or with HEXFAST_CHECK_FINITE=1 at import time).
 
-Kernels: "torch" (the reference), "triton" (the fused kernel in the local `kernels` package, which
-needs CUDA tensors, or CPU tensors with TRITON_INTERPRET=1 set before the import), "auto" (triton for
-CUDA tensors of dtype fp16/bf16/fp32 when the kernel imports, else torch; it warns once when it falls
+Kernels: "torch" (the reference), "triton" (the fused kernel, `kernels.backend`, which needs CUDA
+tensors, or CPU tensors with TRITON_INTERPRET=1 set before the import), "auto" (triton for CUDA
+tensors of dtype fp16/bf16/fp32 when the kernel imports, else torch; it warns once when it falls
 back on CUDA). float64 always goes to the reference under "auto": it is the gradcheck path.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 import warnings
 
 import torch
 from torch import Tensor, nn
 
-from hexfast import reference
+from hexfast import backend as _backends
+from hexfast import validate as V
+from hexfast.backend import KernelUnavailableError
+from hexfast.rules import Rule, resolve_rule
+from hexfast.validate import (
+    FLOAT_DTYPES,
+    KERNELS,
+    RULE_KINDS,
+    THRESHOLDS,
+    VALIDATION_MODES,
+    HEXInputError,
+    HEXTypeError,
+    get_validation,
+    set_validation,
+)
 
-KERNELS = ("auto", "torch", "triton")
-THRESHOLDS = ("adaptive", "none", "<float in [0, 1]>")
-RULES = reference.RULES
-VALIDATION_MODES = ("cheap", "full")
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+__all__ = [
+    "FLOAT_DTYPES",
+    "KERNELS",
+    "RULES",
+    "THRESHOLDS",
+    "VALIDATION_MODES",
+    "HEXInputError",
+    "HEXLoss",
+    "HEXTypeError",
+    "KernelUnavailableError",
+    "Rule",
+    "candidate_row_quantiles",
+    "get_validation",
+    "hex_loss",
+    "hex_rect_loss",
+    "set_validation",
+]
+
+RULES = RULE_KINDS
 # dtypes the fused kernel is asked to handle under kernel="auto"
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-class HEXInputError(ValueError):
-    """A bad argument to the HEX loss (wrong value, shape, device, or unknown name)."""
-
-
-class HEXTypeError(HEXInputError, TypeError):
-    """A bad argument type (not a tensor, integer embeddings, a bool where a number is expected)."""
-
-
-class KernelUnavailableError(RuntimeError):
-    """kernel="triton" was asked for but cannot run here (import failed, or no CUDA tensors)."""
-
-
-_validation_mode = "full" if os.environ.get("HEXFAST_CHECK_FINITE", "") == "1" else "cheap"
+_DEFAULT_QUANTILE = 0.99
 _warned_fallback = False
-
-
-def set_validation(mode: str) -> None:
-    """"cheap" (default): value checks on CPU tensors only; "full": also on CUDA (one sync a call)."""
-    global _validation_mode
-    if mode not in VALIDATION_MODES:
-        raise HEXInputError(f"unknown validation mode {mode!r}; valid: {', '.join(VALIDATION_MODES)}")
-    _validation_mode = mode
-
-
-def get_validation() -> str:
-    """The current validation mode ("cheap" or "full")."""
-    return _validation_mode
-
-
-def _check_values(t: Tensor) -> bool:
-    """Whether checks that read tensor values may run for `t` (never a hidden GPU sync)."""
-    return t.device.type == "cpu" or _validation_mode == "full"
+_check_values = V.values_checked  # kept for callers of the former private name
 
 
 # ---------------------------------------------------------------------------------------------
-# argument checks (each raises with the problem and the valid choices)
-
-
-def _check_embeddings(name: str, z) -> None:
-    if not isinstance(z, Tensor):
-        raise HEXTypeError(f"{name} must be a torch.Tensor of shape [rows, D], got {type(z).__name__}")
-    if z.dim() != 2:
-        raise HEXInputError(f"{name} must be 2-D [rows, D], got shape {tuple(z.shape)}")
-    if z.dtype not in FLOAT_DTYPES:
-        raise HEXTypeError(
-            f"{name} must be a floating tensor (float16, bfloat16, float32, float64), got {z.dtype}"
-        )
-    if z.shape[1] < 1:
-        raise HEXInputError(f"{name} needs at least one feature (D >= 1), got shape {tuple(z.shape)}")
-    if _check_values(z) and not bool(torch.isfinite(z.detach()).all()):
-        raise HEXInputError(f"{name} contains non-finite values (inf or NaN)")
-
-
-def _check_same(name_a: str, a: Tensor, name_b: str, b: Tensor, *, same_rows: bool) -> None:
-    if same_rows and a.shape != b.shape:
-        raise HEXInputError(
-            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
-    if a.shape[1] != b.shape[1]:
-        raise HEXInputError(
-            f"{name_a} and {name_b} must have the same feature size D, got {a.shape[1]} and {b.shape[1]}"
-        )
-    if a.device != b.device:
-        raise HEXInputError(f"{name_a} and {name_b} must be on the same device, got {a.device} and {b.device}")
-    if a.dtype != b.dtype:
-        raise HEXTypeError(f"{name_a} and {name_b} must have the same dtype, got {a.dtype} and {b.dtype}")
-
-
-def _check_real(name: str, value) -> float:
-    """A finite real number (not a bool); returns it as float."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise HEXTypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise HEXInputError(f"{name} must be finite, got {value}")
-    return value
-
-
-def _check_temperature(temperature) -> float:
-    t = _check_real("temperature", temperature)
-    if t <= 0:
-        raise HEXInputError(f"temperature must be > 0, got {t}")
-    return t
-
-
-def _check_quantile(quantile) -> float:
-    q = _check_real("quantile", quantile)
-    if not 0.0 < q < 1.0:
-        raise HEXInputError(f"quantile must lie in the open interval (0, 1), got {q}")
-    return q
-
-
-def _check_weight(hierarchy_weight) -> float:
-    w = _check_real("hierarchy_weight", hierarchy_weight)
-    if w < 0:
-        raise HEXInputError(f"hierarchy_weight must be >= 0, got {w}")
-    return w
-
-
-def _check_fixed_eps(name: str, value) -> float:
-    e = _check_real(name, value)
-    if not 0.0 <= e <= 1.0:
-        raise HEXInputError(f"{name} (fixed threshold on the min-max normalised cosine) must lie in [0, 1], got {e}")
-    return e
-
-
-def _check_threshold(threshold):
-    """"adaptive" | "none" | a float in [0, 1] (returned as float)."""
-    if isinstance(threshold, str):
-        if threshold not in ("adaptive", "none"):
-            raise HEXInputError(f"unknown threshold {threshold!r}; valid: {', '.join(THRESHOLDS)}")
-        return threshold
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
-        raise HEXTypeError(
-            f"threshold must be one of {', '.join(THRESHOLDS)}, got {type(threshold).__name__}"
-        )
-    return _check_fixed_eps("threshold", threshold)
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise HEXTypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _check_kernel(kernel) -> str:
-    if not isinstance(kernel, str) or kernel not in KERNELS:
-        raise HEXInputError(f"unknown kernel {kernel!r}; valid: {', '.join(KERNELS)}")
-    return kernel
-
-
-def _check_labels(name: str, labels, rows: int, device: torch.device) -> None:
-    if not isinstance(labels, Tensor):
-        raise HEXTypeError(f"{name} must be a torch.Tensor of integer labels [{rows}], got {type(labels).__name__}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise HEXTypeError(f"{name} must hold integer labels (e.g. torch.long), got {labels.dtype}")
-    if labels.shape != (rows,):
-        raise HEXInputError(f"{name} must have shape [{rows}], got {tuple(labels.shape)}")
-    if labels.device != device:
-        raise HEXInputError(f"{name} must be on the embeddings' device {device}, got {labels.device}")
-
-
-def _check_adaptive_eps(eps, device: torch.device):
-    """eps override: a finite real number or a 0-dim floating tensor on `device` (or the CPU)."""
-    if isinstance(eps, Tensor):
-        if eps.dim() != 0 or not eps.dtype.is_floating_point:
-            raise HEXInputError(
-                f"eps must be a number or a 0-dim floating tensor, got {eps.dtype} of shape {tuple(eps.shape)}"
-            )
-        if eps.device not in (device, torch.device("cpu")):
-            raise HEXInputError(f"eps must be on the embeddings' device {device} (or the CPU), got {eps.device}")
-        if _check_values(eps) and not bool(torch.isfinite(eps.detach())):
-            raise HEXInputError("eps must be finite, got a non-finite tensor")
-        return eps.detach()
-    return _check_real("eps", eps)
-
-
-def _check_indices(name: str, index, rows: int, low: int, high: int, device: torch.device) -> None:
-    """index [rows] long with values in [low, high) (values checked when that costs no GPU sync)."""
-    if not isinstance(index, Tensor):
-        raise HEXTypeError(f"{name} must be a torch.Tensor of dtype long, got {type(index).__name__}")
-    if index.dtype != torch.long:
-        raise HEXTypeError(f"{name} must have dtype torch.long, got {index.dtype}")
-    if index.shape != (rows,):
-        raise HEXInputError(f"{name} must have shape [{rows}], got {tuple(index.shape)}")
-    if index.device != device:
-        raise HEXInputError(f"{name} must be on the embeddings' device {device}, got {index.device}")
-    if rows and _check_values(index):
-        lo, hi = int(index.min()), int(index.max())
-        if lo < low or hi >= high:
-            raise HEXInputError(f"{name} values must lie in [{low}, {high - 1}], got min {lo} and max {hi}")
-
-
-# ---------------------------------------------------------------------------------------------
-# kernel selection
-
-
-def _load_kernels():
-    """The fused kernel functions, or KernelUnavailableError saying why."""
-    try:
-        from kernels import hex_loss_triton, hex_rect, row_quantiles
-    except ImportError as err:
-        raise KernelUnavailableError(
-            "kernel='triton' is unavailable: importing hex_loss_triton, hex_rect and row_quantiles "
-            f"from the local kernels package failed ({err}). Check that triton is installed "
-            "(pip install triton) and that the repo root is on the path, or use kernel='torch'."
-        ) from err
-    return hex_loss_triton, hex_rect, row_quantiles
+# backend selection
 
 
 def _use_triton(kernel: str, like: Tensor) -> bool:
@@ -247,19 +88,35 @@ def _use_triton(kernel: str, like: Tensor) -> bool:
                 "set TRITON_INTERPRET=1 before importing to run the kernel under the Triton "
                 "interpreter (slow, for tests), or use kernel='torch'."
             )
-        _load_kernels()
+        _backends.load("triton")
         return True
     # auto
     if like.device.type != "cuda" or like.dtype not in _KERNEL_DTYPES:
         return False
     try:
-        _load_kernels()
+        _backends.load("triton")
     except KernelUnavailableError as err:
         if not _warned_fallback:
             warnings.warn(f"kernel='auto' falls back to the PyTorch reference on CUDA: {err}", stacklevel=3)
             _warned_fallback = True
         return False
     return True
+
+
+def _backend(kernel: str, like: Tensor) -> _backends.Backend:
+    """The backend that `kernel` names for tensors like `like`."""
+    return _backends.load("triton" if _use_triton(kernel, like) else "torch")
+
+
+def _renamed(new_name: str, new, old_name: str, old, where: str):
+    """(value, the name the caller used) for an argument with a deprecated alias."""
+    if old is None:
+        return new, new_name
+    warnings.warn(f"{where}({old_name}=...) is deprecated; use {new_name}=... (same meaning)", DeprecationWarning,
+                  stacklevel=3)
+    if new is not None:
+        raise HEXInputError(f"pass {new_name} or its deprecated alias {old_name}, not both")
+    return old, old_name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,12 +129,14 @@ def hex_loss(
     *,
     temperature: float = 0.1,
     threshold="adaptive",
-    quantile: float = 0.99,
+    quantile: float = _DEFAULT_QUANTILE,
     hierarchy_weight: float = 0.0,
     positive_in_denominator: bool = False,
     groups: Tensor | None = None,
     kernel: str = "auto",
     return_stats: bool = False,
+    cosine_threshold=None,
+    rule: Rule | None = None,
     eps=None,
 ):
     """The two-view HEX loss: mean over the 2B anchors of cat[z1, z2].
@@ -294,50 +153,56 @@ def hex_loss(
     kernel: "auto" | "torch" | "triton".
     return_stats: also return a dict of detached tensors (eps, hier_fraction, hier_count,
         neg_count, empty_rows, rows).
-    eps: optional raw-cosine threshold (number or 0-dim tensor) replacing the quantile rule; only
-        with threshold="adaptive" and no groups (NNCLR/All4One warm-up, multi-process global eps).
+    cosine_threshold: optional raw-cosine threshold eps (number or 0-dim tensor) replacing the
+        quantile rule; only with threshold="adaptive" and no groups (NNCLR/All4One warm-up,
+        multi-process global eps). `eps=` is its deprecated alias.
+    rule: a `hexfast.rules.Rule` (e.g. from a schedule) in place of threshold / quantile /
+        cosine_threshold; the groups rule still takes its labels from `groups`.
 
     Returns the 0-dim loss, or (loss, stats) when return_stats is True.
     """
-    _check_embeddings("z1", z1)
-    _check_embeddings("z2", z2)
-    _check_same("z1", z1, "z2", z2, same_rows=True)
+    cosine_threshold, cosine_name = _renamed("cosine_threshold", cosine_threshold, "eps", eps, "hex_loss")
+    V.check_embeddings("z1", z1)
+    V.check_embeddings("z2", z2)
+    V.check_same("z1", z1, "z2", z2, same_rows=True)
     batch = z1.shape[0]
     if batch < 2:
         raise HEXInputError(f"the batch needs B >= 2 rows per view (otherwise no negatives), got B = {batch}")
-    temperature = _check_temperature(temperature)
-    threshold = _check_threshold(threshold)
-    quantile = _check_quantile(quantile)
-    hierarchy_weight = _check_weight(hierarchy_weight)
-    positive_in_denominator = _check_bool("positive_in_denominator", positive_in_denominator)
-    return_stats = _check_bool("return_stats", return_stats)
-    kernel = _check_kernel(kernel)
-    if groups is not None:
-        _check_labels("groups", groups, batch, z1.device)
-    if eps is not None:
-        if groups is not None or threshold != "adaptive":
-            raise HEXInputError(
-                "eps overrides the adaptive threshold: pass it only with threshold='adaptive' and no "
-                f"groups (got threshold={threshold!r}, groups {'given' if groups is not None else 'None'})"
-            )
-        eps = _check_adaptive_eps(eps, z1.device)
-
-    settings = dict(
-        temperature=temperature,
-        hierarchy_weight=hierarchy_weight,
-        positive_in_denominator=positive_in_denominator,
-    )
-    triton = _use_triton(kernel, z1)
-    if eps is not None:
-        # A given eps makes the square case one instance of the rectangular form.
-        x = torch.cat([z1, z2], dim=0)
-        pos_index, self_index = reference.square_indices(batch, z1.device)
-        rect = _load_kernels()[1] if triton else reference.hex_rect
-        loss, stats = rect(x, x, pos_index, self_index, rule="adaptive", eps=eps, **settings)
+    temperature = V.check_temperature(temperature)
+    if rule is None:
+        rule = resolve_rule(threshold, quantile, cosine_threshold, grouped=groups is not None, cosine_name=cosine_name)
     else:
-        square = _load_kernels()[0] if triton else reference.hex_reference
-        loss, stats = square(z1, z2, threshold=threshold, quantile=quantile, groups=groups, **settings)
+        _check_rule_alone(rule, threshold, quantile, cosine_threshold)
+        if (rule.kind == "groups") != (groups is not None):
+            raise HEXInputError(f"the groups rule needs `groups` and only it takes them, got {rule} and groups "
+                                f"{'given' if groups is not None else 'None'}")
+    hierarchy_weight = V.check_weight(hierarchy_weight)
+    positive_in_denominator = V.check_bool("positive_in_denominator", positive_in_denominator)
+    return_stats = V.check_bool("return_stats", return_stats)
+    kernel = V.check_kernel(kernel)
+    if groups is not None:
+        V.check_labels("groups", groups, batch, z1.device)
+        groups = torch.cat([groups, groups])
+    _check_rule_device(rule, z1.device, cosine_name)
+
+    loss, stats = _backend(kernel, z1).square(
+        torch.cat([z1, z2], dim=0), batch, rule, temperature=temperature, hierarchy_weight=hierarchy_weight,
+        positive_in_denominator=positive_in_denominator, groups=groups)
     return (loss, stats) if return_stats else loss
+
+
+def _check_rule_alone(rule, threshold, quantile, cosine_threshold) -> None:
+    if not isinstance(rule, Rule):
+        raise HEXTypeError(f"rule must be a hexfast.rules.Rule, got {type(rule).__name__}")
+    if threshold != "adaptive" or quantile != _DEFAULT_QUANTILE or cosine_threshold is not None:
+        raise HEXInputError("pass either rule= or threshold / quantile / cosine_threshold, not both")
+
+
+def _check_rule_device(rule: Rule, device: torch.device, name: str = "cosine_threshold") -> None:
+    """A tensor threshold must be on the embeddings' device or the CPU (the Rule checked the rest)."""
+    value = rule.value
+    if isinstance(value, Tensor) and value.device not in (device, torch.device("cpu")):
+        raise HEXInputError(f"{name} must be on the embeddings' device {device} (or the CPU), got {value.device}")
 
 
 def hex_rect_loss(
@@ -347,75 +212,82 @@ def hex_rect_loss(
     self_index: Tensor,
     *,
     temperature: float = 0.1,
-    rule: str = "adaptive",
-    eps=None,
+    rule: Rule | str = "adaptive",
+    threshold=None,
     hierarchy_weight: float = 0.0,
     positive_in_denominator: bool = False,
     anchor_groups: Tensor | None = None,
     candidate_groups: Tensor | None = None,
     kernel: str = "auto",
     return_stats: bool = False,
+    eps=None,
 ):
     """HEX of anchors [M, D] against candidates [N, D]: mean over the M anchor rows.
 
     pos_index [M] long: each row's positive among the candidates. self_index [M] long: each row's
     own entry among the candidates, or -1 for none (e.g. MoCo queries against cat[keys, queue]).
-    rule: "adaptive" (eps required: a raw-cosine threshold, number or 0-dim tensor, e.g. the mean of
-    `candidate_row_quantiles` over all processes), "fixed" (eps in [0, 1] required), "groups"
-    (anchor_groups [M] and candidate_groups [N] required), "none".
+    rule: a `Rule` carrying its value, or its kind with the value as `threshold`: "adaptive"
+    (threshold required: the raw-cosine eps, number or 0-dim tensor, e.g. the mean of
+    `candidate_row_quantiles` over all processes), "fixed" (threshold in [0, 1] on the min-max
+    normalised cosine), "groups" (anchor_groups [M] and candidate_groups [N] required), "none".
+    `eps=` is the deprecated alias of `threshold`.
     Other arguments as in `hex_loss`. Returns the loss, or (loss, stats) when return_stats is True.
     """
-    _check_embeddings("anchors", anchors)
-    _check_embeddings("candidates", candidates)
-    _check_same("anchors", anchors, "candidates", candidates, same_rows=False)
+    threshold, name = _renamed("threshold", threshold, "eps", eps, "hex_rect_loss")
+    V.check_embeddings("anchors", anchors)
+    V.check_embeddings("candidates", candidates)
+    V.check_same("anchors", anchors, "candidates", candidates, same_rows=False)
     m, n = anchors.shape[0], candidates.shape[0]
     if m < 1 or n < 2:
         raise HEXInputError(f"need at least 1 anchor and 2 candidates, got M = {m} and N = {n}")
     device = anchors.device
-    _check_indices("pos_index", pos_index, m, 0, n, device)
-    _check_indices("self_index", self_index, m, -1, n, device)
-    if _check_values(pos_index) and bool((pos_index == self_index).any()):
+    V.check_indices("pos_index", pos_index, m, 0, n, device)
+    V.check_indices("self_index", self_index, m, -1, n, device)
+    if V.values_checked(pos_index) and bool((pos_index == self_index).any()):
         raise HEXInputError("pos_index and self_index must differ in every row (a row is not its own positive)")
-    temperature = _check_temperature(temperature)
-    if not isinstance(rule, str) or rule not in RULES:
-        raise HEXInputError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
-    hierarchy_weight = _check_weight(hierarchy_weight)
-    positive_in_denominator = _check_bool("positive_in_denominator", positive_in_denominator)
-    return_stats = _check_bool("return_stats", return_stats)
-    kernel = _check_kernel(kernel)
-    if rule == "adaptive":
-        if eps is None:
-            raise HEXInputError("rule='adaptive' needs eps (e.g. candidate_row_quantiles(...).mean())")
-        eps = _check_adaptive_eps(eps, device)
-    elif rule == "fixed":
-        if eps is None:
-            raise HEXInputError("rule='fixed' needs eps, a float in [0, 1]")
-        eps = _check_fixed_eps("eps", eps)
-    elif eps is not None:
-        raise HEXInputError(f"eps is used only by rules 'adaptive' and 'fixed', got rule={rule!r}")
-    if rule == "groups":
+    temperature = V.check_temperature(temperature)
+    rule = _rect_rule(rule, threshold, name)
+    hierarchy_weight = V.check_weight(hierarchy_weight)
+    positive_in_denominator = V.check_bool("positive_in_denominator", positive_in_denominator)
+    return_stats = V.check_bool("return_stats", return_stats)
+    kernel = V.check_kernel(kernel)
+    if rule.kind == "groups":
         if anchor_groups is None or candidate_groups is None:
             raise HEXInputError("rule='groups' needs both anchor_groups [M] and candidate_groups [N]")
-        _check_labels("anchor_groups", anchor_groups, m, device)
-        _check_labels("candidate_groups", candidate_groups, n, device)
+        V.check_labels("anchor_groups", anchor_groups, m, device)
+        V.check_labels("candidate_groups", candidate_groups, n, device)
     elif anchor_groups is not None or candidate_groups is not None:
-        raise HEXInputError(f"anchor_groups/candidate_groups are used only by rule='groups', got rule={rule!r}")
+        raise HEXInputError(f"anchor_groups/candidate_groups are used only by rule='groups', got rule={rule.kind!r}")
+    _check_rule_device(rule, device, name)
 
-    rect = _load_kernels()[1] if _use_triton(kernel, anchors) else reference.hex_rect
-    loss, stats = rect(
-        anchors,
-        candidates,
-        pos_index,
-        self_index,
-        temperature=temperature,
-        rule=rule,
-        eps=eps,
-        hierarchy_weight=hierarchy_weight,
-        positive_in_denominator=positive_in_denominator,
-        anchor_groups=anchor_groups,
-        candidate_groups=candidate_groups,
-    )
+    loss, stats = _backend(kernel, anchors).rect(
+        anchors, candidates, pos_index, self_index, rule, temperature=temperature,
+        hierarchy_weight=hierarchy_weight, positive_in_denominator=positive_in_denominator,
+        anchor_groups=anchor_groups, candidate_groups=candidate_groups)
     return (loss, stats) if return_stats else loss
+
+
+def _rect_rule(rule, threshold, name: str) -> Rule:
+    """hex_rect_loss's rule: a Rule with its value, or a kind with its value passed as `threshold`."""
+    if isinstance(rule, Rule):
+        if threshold is not None:
+            raise HEXInputError(f"the Rule carries its threshold: pass rule=Rule(..., value=...) without {name}")
+        if rule.needs_quantiles:
+            raise HEXInputError("hex_rect_loss needs the adaptive rule's eps: Rule('adaptive', value=...)")
+        return rule
+    V.check_choice("rule", rule, RULE_KINDS)
+    if rule == "adaptive":
+        if threshold is None:
+            raise HEXInputError("rule='adaptive' needs eps, its raw-cosine threshold: pass threshold=<number or "
+                                "0-dim tensor> (e.g. candidate_row_quantiles(...).mean())")
+        return Rule("adaptive", V.check_cosine_threshold(threshold, name))
+    if rule == "fixed":
+        if threshold is None:
+            raise HEXInputError("rule='fixed' needs threshold, a float in [0, 1]")
+        return Rule("fixed", V.check_fixed_threshold(name, threshold))
+    if threshold is not None:
+        raise HEXInputError(f"{name} is used only by rules 'adaptive' and 'fixed', got rule={rule!r}")
+    return Rule(rule)
 
 
 def candidate_row_quantiles(anchors: Tensor, candidates: Tensor, quantile: float = 0.99, kernel: str = "auto") -> Tensor:
@@ -426,24 +298,36 @@ def candidate_row_quantiles(anchors: Tensor, candidates: Tensor, quantile: float
     multi-process training each process passes its local anchors and the gathered candidates and
     the caller averages the rows over all processes.
     """
-    _check_embeddings("anchors", anchors)
-    _check_embeddings("candidates", candidates)
-    _check_same("anchors", anchors, "candidates", candidates, same_rows=False)
+    V.check_embeddings("anchors", anchors)
+    V.check_embeddings("candidates", candidates)
+    V.check_same("anchors", anchors, "candidates", candidates, same_rows=False)
     if candidates.shape[0] < 1:
         raise HEXInputError("need at least one candidate row")
-    quantile = _check_quantile(quantile)
-    kernel = _check_kernel(kernel)
-    if _use_triton(kernel, anchors):
-        return _load_kernels()[2](anchors, candidates, quantile)
-    with torch.no_grad():
-        return reference.row_quantiles(reference.similarities(anchors, candidates), quantile)
+    quantile = V.check_quantile(quantile)
+    kernel = V.check_kernel(kernel)
+    return _backend(kernel, anchors).row_quantiles(anchors, candidates, quantile)
 
 
 class HEXLoss(nn.Module):
     """`hex_loss` as a module: the settings are attributes, checked once at construction.
 
-    forward(z1 [B, D], z2 [B, D], groups=None, eps=None) -> loss, or (loss, stats) when
-    return_stats is True. `groups`/`eps` are per-batch inputs (see `hex_loss`).
+    Shapes: forward(z1 [B, D], z2 [B, D], groups [B] | None, cosine_threshold=None) -> a 0-dim
+    loss (float32; float64 for float64 input), or (loss, stats) when return_stats is True. z1 and z2
+    are the projector outputs of two views of the same B images (B >= 2, any float dtype; they are
+    L2-normalised inside); both views are anchors, so the loss is the mean over 2B rows. `groups`
+    (supervised labels) and `cosine_threshold` (a raw-cosine eps replacing the quantile rule) are
+    per-batch inputs; see `hex_loss` for every argument.
+
+    Example::
+
+        import torch
+        from hexfast.hex_loss import HEXLoss
+
+        criterion = HEXLoss(temperature=0.1)             # adaptive rule, q = 0.99, w = 0 (released)
+        z1, z2 = torch.randn(256, 128), torch.randn(256, 128)   # projector outputs of two views
+        loss = criterion(z1, z2)                         # 0-dim, differentiable
+        loss, stats = HEXLoss(return_stats=True)(z1, z2)
+        stats["eps"], stats["hier_fraction"]             # the threshold and hierarchical share
     """
 
     def __init__(
@@ -457,15 +341,16 @@ class HEXLoss(nn.Module):
         return_stats: bool = False,
     ):
         super().__init__()
-        self.temperature = _check_temperature(temperature)
-        self.threshold = _check_threshold(threshold)
-        self.quantile = _check_quantile(quantile)
-        self.hierarchy_weight = _check_weight(hierarchy_weight)
-        self.positive_in_denominator = _check_bool("positive_in_denominator", positive_in_denominator)
-        self.kernel = _check_kernel(kernel)
-        self.return_stats = _check_bool("return_stats", return_stats)
+        self.temperature = V.check_temperature(temperature)
+        self.threshold = V.check_threshold(threshold)
+        self.quantile = V.check_quantile(quantile)
+        self.hierarchy_weight = V.check_weight(hierarchy_weight)
+        self.positive_in_denominator = V.check_bool("positive_in_denominator", positive_in_denominator)
+        self.kernel = V.check_kernel(kernel)
+        self.return_stats = V.check_bool("return_stats", return_stats)
 
-    def forward(self, z1: Tensor, z2: Tensor, groups: Tensor | None = None, eps=None):
+    def forward(self, z1: Tensor, z2: Tensor, groups: Tensor | None = None, cosine_threshold=None, *, eps=None):
+        cosine_threshold, _ = _renamed("cosine_threshold", cosine_threshold, "eps", eps, "HEXLoss.forward")
         return hex_loss(
             z1,
             z2,
@@ -477,7 +362,7 @@ class HEXLoss(nn.Module):
             groups=groups,
             kernel=self.kernel,
             return_stats=self.return_stats,
-            eps=eps,
+            cosine_threshold=cosine_threshold,
         )
 
     def extra_repr(self) -> str:

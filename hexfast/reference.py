@@ -39,7 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-RULES = ("none", "adaptive", "fixed", "groups")
+from hexfast.rules import Rule, resolve_rule
+from hexfast.validate import RULE_KINDS
+
+RULES = RULE_KINDS
 
 # kthvalue over very long rows allocates per-row work buffers; bounding the elements handled per
 # call keeps the reference usable at large 2B without changing any value.
@@ -103,15 +106,28 @@ def _special_mask(m: int, n: int, pos_index: Tensor, self_index: Tensor, device)
     return special
 
 
+def _kind_and_value(rule, eps):
+    """(kind, value) of a Rule, or of a kind given as a string with its value as `eps`."""
+    if isinstance(rule, Rule):
+        if eps is not None:
+            raise ValueError("pass the threshold inside the Rule, not also as eps")
+        return rule.kind, rule.value
+    return rule, eps
+
+
 def hierarchy_mask(
     s: Tensor,
     *,
-    rule: str,
+    rule: Rule | str,
     eps=None,
     anchor_groups: Tensor | None = None,
     candidate_groups: Tensor | None = None,
 ) -> Tensor:
-    """[M, N] bool: which entries pass the hierarchy rule (before removing self and positive)."""
+    """[M, N] bool: which entries pass the hierarchy rule (before removing self and positive).
+
+    rule: a `Rule`, or its kind ("none" | "adaptive" | "fixed" | "groups") with its value as `eps`.
+    """
+    rule, eps = _kind_and_value(rule, eps)
     s = s.detach()
     if rule == "none":
         return torch.zeros_like(s, dtype=torch.bool)
@@ -134,14 +150,19 @@ def hex_from_similarities(
     self_index: Tensor,
     *,
     temperature: float,
-    rule: str,
+    rule: Rule | str,
     eps=None,
     hierarchy_weight: float = 0.0,
     positive_in_denominator: bool = False,
     anchor_groups: Tensor | None = None,
     candidate_groups: Tensor | None = None,
 ) -> tuple[Tensor, dict]:
-    """HEX on a given similarity matrix `s` [M, N] (differentiable). Returns (mean loss, stats)."""
+    """HEX on a given similarity matrix `s` [M, N] (differentiable). Returns (mean loss, stats).
+
+    rule: a `Rule` (its value given: an adaptive rule needing quantiles is resolved by the caller),
+    or its kind with the value as `eps`.
+    """
+    rule, eps = _kind_and_value(rule, eps)
     m, n = s.shape
     rows = torch.arange(m, device=s.device)
     with torch.no_grad():
@@ -168,22 +189,31 @@ def hex_from_similarities(
     loss = per_row.sum() / m
 
     with torch.no_grad():
-        hier_count = hier.sum()
-        neg_count = negative.sum()
-        eps_value = (
-            torch.as_tensor(eps, dtype=torch.float32, device=s.device).detach().float()
-            if rule in ("adaptive", "fixed")
-            else torch.tensor(math.nan, dtype=torch.float32, device=s.device)
-        )
-        stats = {
-            "eps": eps_value.reshape(()),
-            "hier_fraction": hier_count.float() / neg_count.clamp_min(1).float(),
-            "hier_count": hier_count,
-            "neg_count": neg_count,
-            "empty_rows": empty.sum(),
-            "rows": torch.tensor(m, device=s.device),
-        }
+        stats = hex_stats(eps if rule in ("adaptive", "fixed") else None, hier.sum(), negative.sum(), empty.sum(), m)
     return loss, stats
+
+
+def hex_stats(eps, hier_count: Tensor, neg_count: Tensor, empty_rows: Tensor, rows: int) -> dict:
+    """The stats dict every backend returns (detached tensors on the counts' device).
+
+    eps: the rule's threshold (number or 0-dim tensor; None for the rules without one: NaN);
+    hier_count / neg_count: hierarchical / all negatives over the rows; empty_rows: rows whose
+    denominator was empty; rows: M.
+    """
+    device = hier_count.device
+    eps_value = (
+        torch.tensor(math.nan, dtype=torch.float32, device=device)
+        if eps is None
+        else torch.as_tensor(eps, dtype=torch.float32, device=device).detach().float()
+    )
+    return {
+        "eps": eps_value.reshape(()),
+        "hier_fraction": hier_count.float() / neg_count.clamp_min(1).float(),
+        "hier_count": hier_count,
+        "neg_count": neg_count,
+        "empty_rows": empty_rows,
+        "rows": torch.tensor(rows, device=device),
+    }
 
 
 def hex_rect(
@@ -191,9 +221,9 @@ def hex_rect(
     candidates: Tensor,
     pos_index: Tensor,
     self_index: Tensor,
+    rule: Rule | str,
     *,
     temperature: float,
-    rule: str,
     eps=None,
     hierarchy_weight: float = 0.0,
     positive_in_denominator: bool = False,
@@ -205,8 +235,9 @@ def hex_rect(
     pos_index [M] (long): each row's positive among the candidates. self_index [M] (long): each
     row's own entry among the candidates, or -1 when it has none (e.g. MoCo queries). For the
     adaptive rule `eps` is given by the caller (e.g. the mean of `row_quantiles` all-reduced across
-    processes); for the fixed rule it is the threshold on the min-max normalised cosine.
-    Returns (loss = mean over the M rows, stats).
+    processes); for the fixed rule it is the threshold on the min-max normalised cosine. `rule` is
+    a `Rule` with its value, or its kind with the value as `eps`.
+    Returns (loss = mean over the M rows, stats). The torch backend's `rect`.
     """
     s = similarities(anchors, candidates)
     return hex_from_similarities(
@@ -230,6 +261,45 @@ def square_indices(batch: int, device=None) -> tuple[Tensor, Tensor]:
     return (rows + batch) % n, rows
 
 
+def hex_square(
+    x: Tensor,
+    batch: int,
+    rule: Rule,
+    *,
+    temperature: float,
+    hierarchy_weight: float = 0.0,
+    positive_in_denominator: bool = False,
+    groups: Tensor | None = None,
+) -> tuple[Tensor, dict]:
+    """The two-view case: x = cat[z1, z2] [2B, D], row i's positive is (i + B) mod 2B, its self i.
+
+    An adaptive rule without a value gets eps = mean of `row_quantiles` of the full rows. groups:
+    [2B] row labels for the groups rule. The torch backend's `square`. Returns (loss, stats).
+    """
+    s = similarities(x, x)
+    pos_index, self_index = square_indices(batch, s.device)
+    if rule.needs_quantiles:
+        rule = rule.with_cosine_threshold(row_quantiles(s, rule.quantile).mean())
+    return hex_from_similarities(
+        s,
+        pos_index,
+        self_index,
+        temperature=temperature,
+        rule=rule,
+        hierarchy_weight=hierarchy_weight,
+        positive_in_denominator=positive_in_denominator,
+        anchor_groups=groups,
+        candidate_groups=groups,
+    )
+
+
+def candidate_quantiles(anchors: Tensor, candidates: Tensor, q: float) -> Tensor:
+    """[M] nearest-rank q-quantile of each row of the cosine similarities of anchors vs candidates
+    (no gradient). The torch backend's `row_quantiles`."""
+    with torch.no_grad():
+        return row_quantiles(similarities(anchors, candidates), q)
+
+
 def hex_reference(
     z1: Tensor,
     z2: Tensor,
@@ -246,30 +316,14 @@ def hex_reference(
     threshold: "adaptive" | "none" | a float in [0, 1] (fixed rule). `groups` ([B] labels) selects
     the supervised rule and ignores `threshold`.
     """
-    batch = z1.shape[0]
-    x = torch.cat([z1, z2], dim=0)
-    s = similarities(x, x)
-    pos_index, self_index = square_indices(batch, s.device)
-    eps = None
-    group_labels = None
-    if groups is not None:
-        rule = "groups"
-        group_labels = torch.cat([groups, groups])
-    elif isinstance(threshold, str):
-        rule = threshold
-        if rule == "adaptive":
-            eps = row_quantiles(s, quantile).mean()
-    else:
-        rule, eps = "fixed", float(threshold)
-    return hex_from_similarities(
-        s,
-        pos_index,
-        self_index,
+    rule = resolve_rule(threshold, quantile, grouped=groups is not None)
+    labels = None if groups is None else torch.cat([groups, groups])
+    return hex_square(
+        torch.cat([z1, z2], dim=0),
+        z1.shape[0],
+        rule,
         temperature=temperature,
-        rule=rule,
-        eps=eps,
         hierarchy_weight=hierarchy_weight,
         positive_in_denominator=positive_in_denominator,
-        anchor_groups=group_labels,
-        candidate_groups=group_labels,
+        groups=labels,
     )

@@ -1,13 +1,13 @@
 """Threshold rules and schedules for HEX: pure functions of the epoch, named, checkpointable.
 
 A schedule maps an epoch (0-based, like Lightning's `current_epoch`, which the released code uses)
-to a `HexMode`: what `hex_loss` does in that epoch. It holds no hidden state, so a resumed run gets
+to a `HexSettings`: the `Rule` and loss settings of `hex_loss` in that epoch. It holds no hidden state, so a resumed run gets
 exactly the thresholds the uninterrupted run would have had; `state_dict()`/`load_state_dict()` carry
 its parameters through a checkpoint so that the resumed run also uses the same *settings*.
 
     schedule = build_schedule("cos", start=0.95, minimum=0.65, total_epochs=400)
-    mode = schedule(epoch)
-    loss = hex_loss(z1, z2, temperature=0.1, **mode.loss_kwargs())       # groups=... if mode.use_groups
+    settings = schedule(epoch)
+    loss = hex_loss(z1, z2, temperature=0.1, **settings.loss_kwargs())   # groups=... if rule.kind == "groups"
 
 The names are the config values (spec §3, `docs/hex-spec.md`):
     none          plain InfoNCE (threshold "none", w = 1, positive in the denominator)
@@ -28,83 +28,59 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from hexfast.hex_loss import (
+from hexfast.rules import Rule
+from hexfast.validate import (
     HEXInputError,
-    HEXTypeError,
-    _check_bool,
-    _check_fixed_eps,
-    _check_quantile,
-    _check_real,
-    _check_threshold,
-    _check_weight,
+    check_bool,
+    check_choice,
+    check_cosine,
+    check_count,
+    check_epoch,
+    check_fixed_threshold,
+    check_quantile,
+    check_real,
+    check_weight,
 )
 
 WARMUPS = ("infonce", "cosine", "off")
 
 
 @dataclass(frozen=True)
-class HexMode:
-    """What the HEX loss does in one epoch.
+class HexSettings:
+    """What the HEX loss does in one epoch: the rule and the two loss settings a schedule carries.
 
-    threshold: "adaptive" | "none" | a float in [0, 1] (as hex_loss's `threshold`).
-    eps: raw-cosine threshold replacing the quantile rule (only with "adaptive"; NNCLR/All4One warm-up).
-    quantile: q of the adaptive rule.
-    hierarchy_weight: w >= 0; positive_in_denominator: as in hex_loss.
-    use_groups: the supervised rule; the caller passes `groups` to hex_loss.
+    rule: the `hexfast.rules.Rule`; hierarchy_weight: w >= 0; positive_in_denominator: as in hex_loss.
+    `loss_kwargs()` are exactly the keyword arguments `hex_loss` / `hex_rect_loss` take for them.
     """
 
-    threshold: str | float
-    eps: float | None = None
+    rule: Rule
     hierarchy_weight: float = 0.0
     positive_in_denominator: bool = False
-    use_groups: bool = False
-    quantile: float = 0.99
 
     def __post_init__(self):
-        _check_threshold(self.threshold)
-        if self.eps is not None:
-            _check_real("eps", self.eps)
-            if self.threshold != "adaptive" or self.use_groups:
-                raise HEXInputError("HexMode.eps overrides the adaptive rule: use it only with threshold='adaptive'")
-        _check_weight(self.hierarchy_weight)
-        _check_bool("positive_in_denominator", self.positive_in_denominator)
-        _check_bool("use_groups", self.use_groups)
-        _check_quantile(self.quantile)
+        if not isinstance(self.rule, Rule):
+            raise HEXInputError(f"HexSettings.rule must be a hexfast.rules.Rule, got {type(self.rule).__name__}")
+        object.__setattr__(self, "hierarchy_weight", check_weight(self.hierarchy_weight))
+        check_bool("positive_in_denominator", self.positive_in_denominator)
 
     def loss_kwargs(self) -> dict:
         """Keyword arguments for `hex_loss` (all but `groups`, which the caller supplies)."""
         return {
-            "threshold": self.threshold,
-            "quantile": self.quantile,
-            "eps": self.eps,
+            "rule": self.rule,
             "hierarchy_weight": self.hierarchy_weight,
             "positive_in_denominator": self.positive_in_denominator,
         }
 
 
 # InfoNCE (NT-Xent) in HEX terms: no hierarchical split, the positive in the denominator.
-INFONCE = HexMode(threshold="none", hierarchy_weight=1.0, positive_in_denominator=True)
-
-
-def _check_epoch(epoch) -> int:
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise HEXInputError(f"epoch must be an integer >= 0, got {epoch!r}")
-    return epoch
-
-
-def _check_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise HEXTypeError(f"{name} must be an integer, got {type(value).__name__}")
-    if value < minimum:
-        raise HEXInputError(f"{name} must be >= {minimum}, got {value}")
-    return value
+INFONCE = HexSettings(Rule("none"), hierarchy_weight=1.0, positive_in_denominator=True)
 
 
 @dataclass
 class Schedule:
     """Base of all schedules: parameters are dataclass fields, checked in `_validate`.
 
-    __call__(epoch) -> HexMode; state_dict() -> {"name": ..., <parameters>};
+    __call__(epoch) -> HexSettings; state_dict() -> {"name": ..., <parameters>};
     load_state_dict(d) restores the parameters (after checking the name and every value).
     """
 
@@ -113,25 +89,22 @@ class Schedule:
     positive_in_denominator: bool = False
 
     def __post_init__(self):
-        _check_weight(self.hierarchy_weight)
-        _check_bool("positive_in_denominator", self.positive_in_denominator)
+        check_weight(self.hierarchy_weight)
+        check_bool("positive_in_denominator", self.positive_in_denominator)
         self._validate()
 
     def _validate(self) -> None:  # the subclass's own parameters
         pass
 
-    def __call__(self, epoch: int) -> HexMode:
-        return self._mode(_check_epoch(epoch))
+    def __call__(self, epoch: int) -> HexSettings:
+        return self._settings(check_epoch(epoch))
 
-    def _mode(self, epoch: int) -> HexMode:
+    def _settings(self, epoch: int) -> HexSettings:
         raise NotImplementedError
 
-    def _fixed(self, threshold: float) -> HexMode:
-        return HexMode(
-            threshold=threshold,
-            hierarchy_weight=self.hierarchy_weight,
-            positive_in_denominator=self.positive_in_denominator,
-        )
+    def _with(self, rule: Rule) -> HexSettings:
+        """`rule` with this schedule's loss settings."""
+        return HexSettings(rule, self.hierarchy_weight, self.positive_in_denominator)
 
     @classmethod
     def parameter_names(cls) -> tuple[str, ...]:
@@ -157,12 +130,8 @@ class NoHex(Schedule):
     hierarchy_weight: float = 1.0
     positive_in_denominator: bool = True
 
-    def _mode(self, epoch: int) -> HexMode:
-        return HexMode(
-            threshold="none",
-            hierarchy_weight=self.hierarchy_weight,
-            positive_in_denominator=self.positive_in_denominator,
-        )
+    def _settings(self, epoch: int) -> HexSettings:
+        return self._with(Rule("none"))
 
 
 @dataclass
@@ -181,19 +150,17 @@ class Adaptive(Schedule):
     warmup_eps: float = 0.9
 
     def _validate(self) -> None:
-        _check_quantile(self.quantile)
-        _check_count("warmup_epochs", self.warmup_epochs, 0)
-        if self.warmup not in WARMUPS:
-            raise HEXInputError(f"unknown warmup {self.warmup!r}; valid: {', '.join(WARMUPS)}")
-        _check_real("warmup_eps", self.warmup_eps)
+        check_quantile(self.quantile)
+        check_count("warmup_epochs", self.warmup_epochs, 0)
+        check_choice("warmup", self.warmup, WARMUPS)
+        check_cosine("warmup_eps", self.warmup_eps)
 
-    def _mode(self, epoch: int) -> HexMode:
-        settings = dict(hierarchy_weight=self.hierarchy_weight, positive_in_denominator=self.positive_in_denominator)
+    def _settings(self, epoch: int) -> HexSettings:
         if self.warmup != "off" and epoch <= self.warmup_epochs:
             if self.warmup == "infonce":
                 return INFONCE
-            return HexMode(threshold="adaptive", eps=self.warmup_eps, quantile=self.quantile, **settings)
-        return HexMode(threshold="adaptive", quantile=self.quantile, **settings)
+            return self._with(Rule("adaptive", self.warmup_eps, self.quantile))
+        return self._with(Rule("adaptive", quantile=self.quantile))
 
 
 @dataclass
@@ -213,23 +180,23 @@ class Step(Schedule):
     floor: float | None = None
 
     def _validate(self) -> None:
-        _check_fixed_eps("start", self.start)
-        if _check_real("step_down", self.step_down) < 0:
+        check_fixed_threshold("start", self.start)
+        if check_real("step_down", self.step_down) < 0:
             raise HEXInputError(f"step_down must be >= 0, got {self.step_down}")
-        _check_count("epoch_step", self.epoch_step, 1)
-        if self.floor is not None and _check_fixed_eps("floor", self.floor) > self.start:
+        check_count("epoch_step", self.epoch_step, 1)
+        if self.floor is not None and check_fixed_threshold("floor", self.floor) > self.start:
             raise HEXInputError(f"floor ({self.floor}) must be <= start ({self.start})")
 
     def value(self, epoch: int) -> float:
         d = float(self.start)
-        for _ in range(_check_epoch(epoch) // self.epoch_step):
+        for _ in range(check_epoch(epoch) // self.epoch_step):
             d = d - self.step_down
         if self.floor is not None:
             d = max(d, self.floor)
         return max(d, 0.0)
 
-    def _mode(self, epoch: int) -> HexMode:
-        return self._fixed(self.value(epoch))
+    def _settings(self, epoch: int) -> HexSettings:
+        return self._with(Rule("fixed", self.value(epoch)))
 
 
 @dataclass
@@ -246,18 +213,18 @@ class Cos(Schedule):
     total_epochs: int = 400
 
     def _validate(self) -> None:
-        _check_fixed_eps("start", self.start)
-        _check_fixed_eps("minimum", self.minimum)
+        check_fixed_threshold("start", self.start)
+        check_fixed_threshold("minimum", self.minimum)
         if self.minimum > self.start:
             raise HEXInputError(f"minimum ({self.minimum}) must be <= start ({self.start})")
-        _check_count("total_epochs", self.total_epochs, 1)
+        check_count("total_epochs", self.total_epochs, 1)
 
     def value(self, epoch: int) -> float:
-        e = min(_check_epoch(epoch), self.total_epochs)
+        e = min(check_epoch(epoch), self.total_epochs)
         return self.minimum + (self.start - self.minimum) * (1 + math.cos(math.pi * e / self.total_epochs)) / 2
 
-    def _mode(self, epoch: int) -> HexMode:
-        return self._fixed(self.value(epoch))
+    def _settings(self, epoch: int) -> HexSettings:
+        return self._with(Rule("fixed", self.value(epoch)))
 
 
 @dataclass
@@ -274,7 +241,7 @@ class CosReleased(Cos):
 
     def value(self, epoch: int) -> float:
         d = float(self.start)
-        for j in range(_check_epoch(epoch) + 1):
+        for j in range(check_epoch(epoch) + 1):
             d = self.minimum + (d - self.minimum) * (1 + math.cos(math.pi * j / self.total_epochs)) / 2
         return d
 
@@ -285,13 +252,8 @@ class Groups(Schedule):
 
     name: ClassVar[str] = "groups"
 
-    def _mode(self, epoch: int) -> HexMode:
-        return HexMode(
-            threshold="none",
-            use_groups=True,
-            hierarchy_weight=self.hierarchy_weight,
-            positive_in_denominator=self.positive_in_denominator,
-        )
+    def _settings(self, epoch: int) -> HexSettings:
+        return self._with(Rule("groups"))
 
 
 SCHEDULES: dict[str, type[Schedule]] = {

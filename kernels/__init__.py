@@ -1,7 +1,9 @@
 """Fused Triton kernels for HEX. Imported lazily: a CPU-only install without Triton still works.
 
-`kernels.hex_loss_triton`, `kernels.hex_rect` and `kernels.row_quantiles` load Triton on first use
-(`import kernels` alone never does). Design: docs/kernel.md.
+`kernels.backend` is the kernel behind hexfast's backend protocol (`hexfast/backend.py`): what
+`hexfast.hex_loss` calls for kernel="triton". The kernel's own entry points `kernels.hex_loss_triton`,
+`kernels.hex_rect` and `kernels.row_quantiles` load Triton on first use (`import kernels` alone never
+does). Design: docs/kernel.md.
 """
 
 __all__ = ["hex_loss_triton", "hex_rect", "row_quantiles"]

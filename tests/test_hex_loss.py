@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import hexfast.backend
 from hexfast import reference
 from hexfast.hex_loss import (
     HEXInputError,
@@ -20,6 +21,7 @@ from hexfast.hex_loss import (
     hex_loss,
     hex_rect_loss,
 )
+from hexfast.rules import Rule
 
 # `hexfast.hex_loss` names the submodule (the issue's `import hexfast.hex_loss`); importlib returns
 # the module whatever the package's lazy attributes do.
@@ -166,26 +168,35 @@ def test_triton_import_failure_says_why(no_kernels, monkeypatch):
         candidate_row_quantiles(z1, z2, kernel="triton")
 
 
-def test_triton_dispatch_passes_the_reference_arguments(monkeypatch):
-    """kernel='triton' calls the kernel package's functions with the reference's arguments."""
+def test_triton_dispatch_passes_the_resolved_rule_to_the_backend(monkeypatch):
+    """kernel='triton' calls the kernel backend's protocol functions with the rule resolved once."""
     calls = []
+    torch_backend = hexfast.backend.TORCH
+    fake_backend = types.ModuleType("kernels.backend")
+    fake_backend.name = "triton"
+    fake_backend.square = lambda x, batch, rule, **kw: calls.append(("square", rule, kw)) or torch_backend.square(
+        x, batch, rule, **kw)
+    fake_backend.rect = lambda *args, **kw: calls.append(("rect", args[4], kw)) or torch_backend.rect(*args, **kw)
+    fake_backend.row_quantiles = lambda a, c, q: calls.append(("quantiles", q, {})) or torch.zeros(a.shape[0])
     fake = types.ModuleType("kernels")
-    fake.hex_loss_triton = lambda z1, z2, **kw: calls.append(("square", kw)) or reference.hex_reference(z1, z2, **kw)
-    fake.hex_rect = lambda *args, **kw: calls.append(("rect", kw)) or reference.hex_rect(*args, **kw)
-    fake.row_quantiles = lambda a, c, q: calls.append(("quantiles", q)) or torch.zeros(a.shape[0])
+    fake.backend = fake_backend
     monkeypatch.setitem(sys.modules, "kernels", fake)
+    monkeypatch.setitem(sys.modules, "kernels.backend", fake_backend)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     z1, z2 = views()
     assert torch.equal(hex_loss(z1, z2, kernel="triton", threshold=0.4), hex_loss(z1, z2, kernel="torch", threshold=0.4))
-    hex_loss(z1, z2, kernel="triton", eps=0.2)
+    hex_loss(z1, z2, kernel="triton", cosine_threshold=0.2)
+    pos, own = reference.square_indices(6)
+    x = torch.cat([z1, z2])
+    hex_rect_loss(x, x, pos, own, threshold=0.3, kernel="triton")
     candidate_row_quantiles(z1, z2, 0.9, kernel="triton")
-    assert [c[0] for c in calls] == ["square", "rect", "quantiles"]
-    assert calls[0][1] == dict(temperature=0.1, hierarchy_weight=0.0, positive_in_denominator=False,
-                               threshold=0.4, quantile=0.99, groups=None)
-    assert calls[1][1]["rule"] == "adaptive" and calls[1][1]["eps"] == 0.2
+    assert [c[0] for c in calls] == ["square", "square", "rect", "quantiles"]
+    assert calls[0][1] == Rule("fixed", 0.4)
+    assert calls[0][2] == dict(temperature=0.1, hierarchy_weight=0.0, positive_in_denominator=False, groups=None)
+    assert calls[1][1] == Rule("adaptive", 0.2) and calls[2][1] == Rule("adaptive", 0.3) and calls[3][1] == 0.9
     # auto on CPU tensors stays on the reference even when the kernel imports
     hex_loss(z1, z2, kernel="auto")
-    assert len(calls) == 3
+    assert len(calls) == 4
 
 
 @pytest.mark.parametrize(
@@ -241,7 +252,7 @@ def test_value_checks_skip_cuda_in_cheap_mode():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cheap_validation_adds_no_gpu_sync(monkeypatch):
     """In "cheap" mode the checks read only metadata; "full" reads values (a sync, caught here)."""
-    monkeypatch.setattr(reference, "hex_reference", lambda z1, z2, **kw: (z1.sum(), {}))
+    monkeypatch.setattr(reference, "hex_square", lambda x, *args, **kw: (x.sum(), {}))
     monkeypatch.setattr(reference, "hex_rect", lambda a, c, *args, **kw: (a.sum(), {}))
     z1, z2 = (t.cuda() for t in views())
     groups = torch.arange(6, device="cuda") % 2

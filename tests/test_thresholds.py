@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hexfast.hex_loss import HEXInputError, HEXTypeError, hex_loss
-from hexfast.thresholds import INFONCE, SCHEDULES, HexMode, build_schedule
+from hexfast.rules import Rule
+from hexfast.thresholds import INFONCE, SCHEDULES, HexSettings, build_schedule
 
 
 def test_registry_names():
@@ -18,26 +19,26 @@ def test_registry_names():
 
 def test_none_is_infonce_every_epoch():
     s = build_schedule("none")
-    assert s(0) == s(500) == INFONCE == HexMode("none", hierarchy_weight=1.0, positive_in_denominator=True)
+    assert s(0) == s(500) == INFONCE == HexSettings(Rule("none"), hierarchy_weight=1.0, positive_in_denominator=True)
 
 
 def test_adaptive_simclr_warmup_is_infonce_while_epoch_le_warmup():
     s = build_schedule("adaptive")  # released defaults: warm_epoch 10, q 0.99
     assert s(0) == s(10) == INFONCE  # `current_epoch <= warm_epoch`: epochs 0..10
-    assert s(11) == HexMode("adaptive", quantile=0.99)
+    assert s(11) == HexSettings(Rule("adaptive", quantile=0.99))
     assert s(399) == s(11)
     s = build_schedule("adaptive", warmup_epochs=3, quantile=0.9, hierarchy_weight=0.5, positive_in_denominator=True)
     assert s(3) == INFONCE
-    assert s(4) == HexMode("adaptive", quantile=0.9, hierarchy_weight=0.5, positive_in_denominator=True)
+    assert s(4) == HexSettings(Rule("adaptive", quantile=0.9), hierarchy_weight=0.5, positive_in_denominator=True)
 
 
 def test_adaptive_nnclr_warmup_is_a_fixed_raw_cosine():
     s = build_schedule("adaptive", warmup="cosine")
-    assert s(10) == HexMode("adaptive", eps=0.9)
-    assert s(10).loss_kwargs()["eps"] == 0.9
-    assert s(11).eps is None and s(11).threshold == "adaptive"
+    assert s(10) == HexSettings(Rule("adaptive", value=0.9))
+    assert s(10).loss_kwargs()["rule"].value == 0.9
+    assert s(11).rule.value is None and s(11).rule.kind == "adaptive"
     off = build_schedule("adaptive", warmup="off")
-    assert off(0) == HexMode("adaptive")
+    assert off(0) == HexSettings(Rule("adaptive"))
 
 
 def test_step_values():
@@ -47,7 +48,7 @@ def test_step_values():
     want = [0.95, 0.95, 0.95 - 0.1, 0.95 - 0.1, 0.95 - 0.1 - 0.1, 0.95 - 0.1 - 0.1 - 0.1,
             0.95 - 0.1 - 0.1 - 0.1 - 0.1 - 0.1 - 0.1]
     assert got == want
-    assert s(100) == HexMode(threshold=want[4])
+    assert s(100) == HexSettings(Rule("fixed", want[4]))
     assert s.value(1000) == 0.0  # no floor: held at 0 instead of going negative
     floored = build_schedule("step", start=0.95, step_down=0.1, epoch_step=50, floor=0.65)
     assert floored.value(150) == pytest.approx(0.65) and floored.value(400) == 0.65
@@ -69,7 +70,7 @@ def test_cos_is_a_true_cosine():
     assert s.value(100) == pytest.approx(0.65 + 0.3 * (1 + math.cos(math.pi / 4)) / 2)
     assert s.value(200) == pytest.approx(0.80)
     assert s.value(400) == pytest.approx(0.65) and s.value(450) == pytest.approx(0.65)
-    assert s(200).threshold == pytest.approx(0.80)
+    assert s(200).rule.value == pytest.approx(0.80)
     values = [s.value(e) for e in range(401)]
     assert all(a >= b for a, b in zip(values, values[1:]))  # monotone
 
@@ -87,7 +88,7 @@ def test_cos_released_compounds_like_the_released_loop():
 
 def test_groups_mode():
     mode = build_schedule("groups", hierarchy_weight=0.5)(7)
-    assert mode.use_groups and mode.hierarchy_weight == 0.5
+    assert mode.rule.kind == "groups" and mode.hierarchy_weight == 0.5
     z = torch.randn(4, 3)
     loss = hex_loss(z, z + 0.1, groups=torch.tensor([0, 0, 1, 1]), **mode.loss_kwargs())
     assert torch.equal(loss, hex_loss(z, z + 0.1, groups=torch.tensor([0, 0, 1, 1]), hierarchy_weight=0.5))
@@ -99,7 +100,7 @@ def test_every_mode_feeds_hex_loss(name):
     z1, z2 = torch.randn(5, 4), torch.randn(5, 4)
     for epoch in (0, 10, 11, 250, 1000):
         mode = s(epoch)
-        groups = torch.arange(5) % 2 if mode.use_groups else None
+        groups = torch.arange(5) % 2 if mode.rule.kind == "groups" else None
         assert torch.isfinite(hex_loss(z1, z2, groups=groups, **mode.loss_kwargs()))
 
 
@@ -170,7 +171,9 @@ def test_bad_epochs_and_modes_raise():
     for epoch in (-1, 2.0, True):
         with pytest.raises(HEXInputError, match="epoch must be an integer >= 0"):
             s(epoch)
-    with pytest.raises(HEXInputError, match="unknown threshold"):
-        HexMode("fixed")
-    with pytest.raises(HEXInputError, match="only with threshold='adaptive'"):
-        HexMode(0.5, eps=0.9)
+    with pytest.raises(HEXInputError, match="unknown rule"):
+        Rule("soft")
+    with pytest.raises(HEXInputError, match="Rule\\('fixed'\\) needs value"):
+        Rule("fixed")
+    with pytest.raises(HEXInputError, match="used only by rules 'adaptive' and 'fixed'"):
+        Rule("none", value=0.9)

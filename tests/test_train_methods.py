@@ -59,17 +59,17 @@ def test_steps_train_the_backbone(method, mode):
 @pytest.mark.parametrize("method", ["simclr", "nnclr", "barlow"])
 def test_threshold_schedule_advances(method):
     fixed = make_module(method, "fixed").method.hex
-    assert fixed.mode(0).threshold == pytest.approx(0.95)
-    assert fixed.mode(1).threshold == pytest.approx(0.85)
+    assert fixed.mode(0).rule.value == pytest.approx(0.95)
+    assert fixed.mode(1).rule.value == pytest.approx(0.85)
     adaptive = make_module(method, "adaptive").method.hex
     warm, after = adaptive.mode(0), adaptive.mode(1)
-    assert after.threshold == "adaptive" and after.eps is None
+    assert after.rule.kind == "adaptive" and after.rule.value is None
     if method in ("nnclr", "all4one"):
-        assert warm.eps == pytest.approx(0.9)  # raw-cosine warm-up (released NNCLR)
+        assert warm.rule.value == pytest.approx(0.9)  # raw-cosine warm-up (released NNCLR)
     elif method in ("barlow", "vicreg", "byol", "simsiam"):
         assert warm == after  # released Barlow/VICReg: HEX from epoch 0, no warm-up
     else:
-        assert warm.threshold == "none" and warm.positive_in_denominator  # InfoNCE warm-up
+        assert warm.rule.kind == "none" and warm.positive_in_denominator  # InfoNCE warm-up
 
 
 def test_warmup_override_is_a_config_choice():
@@ -78,14 +78,14 @@ def test_warmup_override_is_a_config_choice():
 
     cfg = C.from_dict({"method": "barlow", "hex": {"warmup": "infonce", "warmup_epochs": 2}})
     sched = make_schedule(cfg.hex, "barlow", 10)
-    assert sched(2).threshold == "none" and sched(3).threshold == "adaptive"
+    assert sched(2).rule.kind == "none" and sched(3).rule.kind == "adaptive"
     with pytest.raises(C.ConfigError, match="warmup"):
         C.from_dict({"hex": {"warmup": "sometimes"}})
 
 
 def test_hex_none_is_the_plain_loss_for_additive_methods():
     assert make_module("barlow", "none").method.hex is None
-    assert make_module("simclr", "none").method.hex.mode(5).threshold == "none"  # InfoNCE
+    assert make_module("simclr", "none").method.hex.mode(5).rule.kind == "none"  # InfoNCE
 
 
 def test_superclass_groups_change_the_loss():

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from hexfast import validate as V
 from train.methods.all4one import All4OneParams
 from train.methods.barlow import BarlowParams
 from train.methods.byol import BYOLParams
@@ -223,6 +224,26 @@ def _check_choices(obj, prefix: str = "") -> None:
             )
 
 
+def _check_hex(h: HexConfig) -> None:
+    """The `hex` section's ranges, by the checks the loss and the schedules use (hexfast.validate)."""
+    try:
+        V.check_quantile(h.quantile, "hex.quantile")
+        V.check_count("hex.warmup_epochs", h.warmup_epochs, 0)
+        V.check_cosine("hex.warmup_eps", h.warmup_eps)
+        V.check_fixed_threshold("hex.fixed_start", h.fixed_start)
+        V.check_fixed_threshold("hex.fixed_min", h.fixed_min)
+        if h.fixed_min > h.fixed_start:
+            raise ConfigError(f"hex.fixed_min ({h.fixed_min}) must be <= hex.fixed_start ({h.fixed_start})")
+        V.check_weight(h.fixed_step, "hex.fixed_step")
+        V.check_count("hex.fixed_epoch_step", h.fixed_epoch_step, 1)
+        V.check_weight(h.hierarchy_weight, "hex.hierarchy_weight")
+        V.check_unit("hex.alpha", h.alpha)
+        V.check_weight(h.vicreg_scale, "hex.vicreg_scale")
+        V.check_temperature(h.temperature, "hex.temperature")
+    except V.HEXInputError as err:
+        raise ConfigError(str(err)) from err
+
+
 def validate(cfg: Config) -> Config:
     """Choices and ranges that the types alone do not catch. Returns cfg; raises ConfigError."""
     _check_choices(cfg)
@@ -238,12 +259,7 @@ def validate(cfg: Config) -> Config:
     need(t.batch_size >= 2 * world, f"train.batch_size ({t.batch_size}) needs >= 2 samples per process ({world} processes)")
     need(t.batch_size % world == 0, f"train.batch_size ({t.batch_size}) must divide evenly over {world} processes")
     need(t.max_steps == -1 or t.max_steps >= 1, f"train.max_steps must be -1 or >= 1, got {t.max_steps}")
-    need(0.0 < h.quantile < 1.0, f"hex.quantile must lie in (0, 1), got {h.quantile}")
-    need(0.0 <= h.fixed_min <= h.fixed_start <= 1.0, "hex thresholds need 0 <= fixed_min <= fixed_start <= 1")
-    need(h.warmup_epochs >= 0 and h.fixed_epoch_step >= 1, "hex.warmup_epochs >= 0 and hex.fixed_epoch_step >= 1")
-    need(0.0 <= h.alpha <= 1.0, f"hex.alpha must lie in [0, 1], got {h.alpha}")
-    need(h.hierarchy_weight >= 0, f"hex.hierarchy_weight must be >= 0, got {h.hierarchy_weight}")
-    need(h.temperature > 0, f"hex.temperature must be > 0, got {h.temperature}")
+    _check_hex(h)
     need(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0")
     need(cfg.eval.knn_k >= 1 and cfg.eval.every_epochs >= 1, "eval.knn_k and eval.every_epochs must be >= 1")
     need(cfg.data.num_workers >= 0 and cfg.data.image_size >= 0, "data.num_workers and data.image_size must be >= 0")

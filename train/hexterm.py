@@ -17,7 +17,7 @@ from torch import Tensor
 
 from hexfast.hex_loss import candidate_row_quantiles, hex_loss, hex_rect_loss
 from hexfast.reference import hex_from_similarities, row_quantiles
-from hexfast.thresholds import HexMode, Schedule, build_schedule
+from hexfast.thresholds import HexSettings, Schedule, build_schedule
 from train import distributed as D
 
 # The adaptive rule's warm-up per method under hex.warmup=auto (spec §3): SimCLR (and MoCo v2, whose
@@ -56,45 +56,36 @@ class HexTerm:
         self.temperature = temperature
         self.kernel = kernel
 
-    def mode(self, epoch: int) -> HexMode:
+    def mode(self, epoch: int) -> HexSettings:
+        """The schedule's rule and loss settings for `epoch`."""
         return self.schedule(epoch)
-
-    def _rule(self, mode: HexMode):
-        """(rule, eps or None) for the rectangular form; eps None + adaptive = compute it."""
-        if mode.use_groups:
-            return "groups", None
-        if mode.threshold == "none":
-            return "none", None
-        if mode.threshold == "adaptive":
-            return "adaptive", mode.eps
-        return "fixed", float(mode.threshold)
 
     def square(self, a: Tensor, b: Tensor, epoch: int, groups: Tensor | None = None):
         """HEX over cat[a, b] (a_i's positive is b_i and back). a, b [n, D]; groups [n] or None."""
-        mode = self.mode(epoch)
-        if mode.use_groups and groups is None:
+        settings = self.mode(epoch)
+        rule = settings.rule
+        if rule.kind != "groups":
+            groups = None
+        elif groups is None:
             raise ValueError("the superclass rule needs coarse labels (groups); this batch has none")
-        settings = dict(temperature=self.temperature, hierarchy_weight=mode.hierarchy_weight,
-                        positive_in_denominator=mode.positive_in_denominator, kernel=self.kernel, return_stats=True)
+        common = dict(temperature=self.temperature, hierarchy_weight=settings.hierarchy_weight,
+                      positive_in_denominator=settings.positive_in_denominator, kernel=self.kernel, return_stats=True)
         if not D.is_distributed():
-            return hex_loss(a, b, threshold=mode.threshold, quantile=mode.quantile, eps=mode.eps,
-                            groups=groups if mode.use_groups else None, **settings)
+            return hex_loss(a, b, rule=rule, groups=groups, **common)
         n, world = a.shape[0], D.world_size()
         anchors = torch.cat([a, b])
         candidates = torch.cat([D.gather(a), D.gather(b)])
         own = D.row_offsets(n, a.device)
         self_index = torch.cat([own, own + world * n])
         pos_index = torch.cat([own + world * n, own])
-        rule, eps = self._rule(mode)
-        extra = {}
-        if rule == "adaptive" and eps is None:
-            eps = D.global_mean_nograd(candidate_row_quantiles(anchors.detach(), candidates.detach(), mode.quantile, self.kernel))
-        if rule in ("adaptive", "fixed"):
-            extra["eps"] = eps
-        if rule == "groups":
+        if rule.needs_quantiles:
+            rule = rule.with_cosine_threshold(D.global_mean_nograd(
+                candidate_row_quantiles(anchors.detach(), candidates.detach(), rule.quantile, self.kernel)))
+        labels = {}
+        if groups is not None:
             g = D.gather_nograd(groups)
-            extra.update(anchor_groups=torch.cat([groups, groups]), candidate_groups=torch.cat([g, g]))
-        loss, stats = hex_rect_loss(anchors, candidates, pos_index, self_index, rule=rule, **extra, **settings)
+            labels = dict(anchor_groups=torch.cat([groups, groups]), candidate_groups=torch.cat([g, g]))
+        loss, stats = hex_rect_loss(anchors, candidates, pos_index, self_index, rule=rule, **labels, **common)
         return loss, _global_stats(stats)
 
     def rows(self, s: Tensor, epoch: int, groups: Tensor | None = None, candidate_groups: Tensor | None = None):
@@ -105,20 +96,21 @@ class HexTerm:
         rows of all processes of each row's quantile. The superclass rule needs `groups` [n] (the
         queries' labels) and `candidate_groups` [1 + K] (column 0 is the positive, never a negative).
         """
-        mode = self.mode(epoch)
-        rule, eps = self._rule(mode)
-        extra = {}
-        if rule == "groups":
+        settings = self.mode(epoch)
+        rule = settings.rule
+        labels = {}
+        if rule.kind == "groups":
             if groups is None or candidate_groups is None:
                 raise ValueError("the superclass rule needs labels for the queries and the queue")
-            extra = dict(anchor_groups=groups, candidate_groups=candidate_groups)
-        if rule == "adaptive" and eps is None:
-            eps = D.global_mean_nograd(row_quantiles(s.detach(), mode.quantile))
+            labels = dict(anchor_groups=groups, candidate_groups=candidate_groups)
+        if rule.needs_quantiles:
+            rule = rule.with_cosine_threshold(D.global_mean_nograd(row_quantiles(s.detach(), rule.quantile)))
         n = s.shape[0]
         pos = torch.zeros(n, dtype=torch.long, device=s.device)
         loss, stats = hex_from_similarities(
-            s, pos, torch.full_like(pos, -1), temperature=self.temperature, rule=rule, eps=eps,
-            hierarchy_weight=mode.hierarchy_weight, positive_in_denominator=mode.positive_in_denominator, **extra)
+            s, pos, torch.full_like(pos, -1), temperature=self.temperature, rule=rule,
+            hierarchy_weight=settings.hierarchy_weight, positive_in_denominator=settings.positive_in_denominator,
+            **labels)
         return loss, _global_stats(stats)
 
 
