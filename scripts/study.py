@@ -222,7 +222,7 @@ def run_all(design: Design, data_dir: str, runs: Path, results: Path, dry_run: b
             runner=subprocess.run) -> list[tuple[Arm, int]]:
     """Run the design's runs that have no kept summary yet, in `plan` order; returns those run
     (or, with dry_run, those that would run; every command is printed, a finished one marked)."""
-    todo = []
+    todo, failed = [], []
     for arm, seed in plan(design):
         out = run_dir(runs, design, arm, seed)
         keep = kept(results, design, arm, seed)
@@ -240,7 +240,12 @@ def run_all(design: Design, data_dir: str, runs: Path, results: Path, dry_run: b
             cmd = ["python", "-m", "train.pretrain", "--out", str(out), "--resume"]
         print(f"[study] {time.strftime('%H:%M:%S')} {arm.name} seed {seed}: {shlex.join(cmd)}", flush=True)
         t0 = time.perf_counter()
-        runner([sys.executable] + cmd[1:], cwd=REPO, check=True, env=thread_env(threads))
+        try:
+            runner([sys.executable] + cmd[1:], cwd=REPO, check=True, env=thread_env(threads))
+        except subprocess.CalledProcessError as err:  # one failed run does not stop the others
+            print(f"[study] {arm.name} seed {seed}: FAILED (exit {err.returncode}); continuing", flush=True)
+            failed.append((arm, seed))
+            continue
         wall = time.perf_counter() - t0
         keep.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / out / "summary.json", keep / "summary.json")
@@ -251,6 +256,9 @@ def run_all(design: Design, data_dir: str, runs: Path, results: Path, dry_run: b
                        "resumed": "--resume" in cmd}, fh, indent=2)
         todo.append((arm, seed))
         print(f"[study] {arm.name} seed {seed}: {wall:.0f} s", flush=True)
+    if failed:
+        print("[study] failed runs (started again, they resume or restart): "
+              + ", ".join(f"{a.name} seed {s}" for a, s in failed), flush=True)
     return todo
 
 

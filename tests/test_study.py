@@ -182,3 +182,22 @@ def test_report_of_a_partial_study(tmp_path):
     assert "| simclr-fixed | 0 (-) | 3 |" in text and "| simclr-none | 3 (0, 1, 2) | 5 |" in text
     assert "p (Holm)" in text and (tmp_path / "cpu_accuracy.png").is_file()
     assert math.isfinite(float(text.split("| simclr-adaptive | probe fine | ")[1].split("|")[3].strip()))
+
+
+def test_a_failed_run_does_not_stop_the_study(tmp_path):
+    design = dataclasses.replace(CPU, arms=CPU.arms[:1])  # simclr none, seeds 0-4
+    seen = []
+
+    def trainer(cmd, cwd, check, env):
+        seed = int(cmd[cmd.index("--seed") + 1])
+        seen.append(seed)
+        if seed == 1:
+            raise subprocess.CalledProcessError(1, cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        (out / "logs").mkdir(parents=True)
+        (out / "summary.json").write_text("{}")
+        (out / "logs" / "metrics.csv").write_text("step\n")
+
+    ran = study.run_all(design, "DATA", tmp_path / "runs", tmp_path / "results", dry_run=False, runner=trainer)
+    assert seen == [0, 1, 2, 3, 4] and [s for _, s in ran] == [0, 2, 3, 4]
+    assert not (study.kept(tmp_path / "results", design, design.arms[0], 1) / "summary.json").exists()
