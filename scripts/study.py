@@ -500,8 +500,9 @@ def load_floor(design: Design, results: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def report(design: Design, results: Path, plots: Path) -> str:
-    """The markdown report of a design (status, tables, paired differences, curves); writes the PNGs."""
+def report(design: Design, results: Path, plots: Path, link_from: Path | None = None) -> str:
+    """The markdown report of a design (status, tables, paired differences, curves); writes the PNGs.
+    Image links are relative to the folder `link_from` (default: the plots folder)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -512,7 +513,7 @@ def report(design: Design, results: Path, plots: Path) -> str:
         raise SystemExit(f"no finished runs of design {design.name!r} under {results}")
     plots.mkdir(parents=True, exist_ok=True)
     fl = load_floor(design, results)
-    lines = [f"## {design.note}", ""] + status_lines(design, data)
+    lines = [f"### {design.note}", ""] + status_lines(design, data)
     lines += [f"{design.epochs} epochs per run; metrics at the last epoch on the 10k test set, in % "
               "(mean ± sample std over the seeds finished).", ""]
     machines = sorted({r["run"].get("machine", "?") for runs in data.values() for r in runs.values()})
@@ -569,7 +570,7 @@ def report(design: Design, results: Path, plots: Path) -> str:
     # paired differences: each HEX arm against the same method's `none` arm, seed by seed
     comps = comparisons(design, data)
     m_tests = sum(1 for c in comps if not math.isnan(c["p"]))
-    lines += ["### Paired differences vs the method's own `none` arm", "",
+    lines += ["#### Paired differences vs the method's own `none` arm", "",
               "Percentage points, HEX arm − `none` arm of the same seed (same initialisation, augmentations and "
               "data order). 95% CI: Student t over the seeds. p: two-sided paired t test; Holm: the p-value "
               f"adjusted by Holm's step-down method over all {m_tests} comparisons of this table that have "
@@ -589,12 +590,13 @@ def report(design: Design, results: Path, plots: Path) -> str:
                      f"{verdict(c, c['p_holm'] if c['n'] >= 2 else None)} | {verdict(c)} |")
     lines.append("")
 
-    lines += _accuracy_plot(design, data, fl, plots, plt)
-    lines += _hex_plot(design, data, plots, plt)
+    link = os.path.relpath(plots, link_from) if link_from is not None else "."
+    lines += _accuracy_plot(design, data, fl, plots, plt, link)
+    lines += _hex_plot(design, data, plots, plt, link)
     return "\n".join(lines)
 
 
-def _accuracy_plot(design, data, fl, plots, plt) -> list[str]:
+def _accuracy_plot(design, data, fl, plots, plt, link=".") -> list[str]:
     """Accuracy over epochs (mean over seeds), one row per method, the floor at epoch 0."""
     methods = [m for m in dict.fromkeys(a.method for a in design.arms) if any(a.method == m and a.name in data
                                                                                  for a in design.arms)]
@@ -627,10 +629,10 @@ def _accuracy_plot(design, data, fl, plots, plt) -> list[str]:
     path = plots / f"{design.name}_accuracy.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return [f"![accuracy over epochs]({path.name})", ""]
+    return [f"![accuracy over epochs]({link}/{path.name})", ""]
 
 
-def _hex_plot(design, data, plots, plt) -> list[str]:
+def _hex_plot(design, data, plots, plt, link=".") -> list[str]:
     """eps and hierarchical fraction per rule (one row per HEX arm, every seed), plus epoch means."""
     hex_arms = [a for a in design.arms if a.hex != "none" and a.name in data]
     if not hex_arms:
@@ -655,7 +657,7 @@ def _hex_plot(design, data, plots, plt) -> list[str]:
     path = plots / f"{design.name}_hex_curves.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    lines = [f"![eps and hierarchical fraction per rule]({path.name})", "",
+    lines = [f"![eps and hierarchical fraction per rule]({link}/{path.name})", "",
              "Epoch means of eps / hierarchical fraction (% of negatives), mean over the finished seeds "
              "(eps blank: warm-up or no threshold):", ""]
     lines += ["| epoch | " + " | ".join(f"{a.name} eps | {a.name} hier." for a in hex_arms) + " |",
@@ -685,6 +687,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="runs/study", help="where the run directories go (checkpoints; not kept)")
     ap.add_argument("--results", default="results/fashion-mnist", help="where summaries and the report go")
     ap.add_argument("--plots", default="docs/results", help="where the PNG plots go")
+    ap.add_argument("--docs", default="docs/results.md",
+                    help="markdown file whose <!-- study:DESIGN:start/end --> part receives the report too")
     ap.add_argument("--threads", type=int, default=2, help="torch / BLAS threads per run (0 = torch's default); default 2")
     ap.add_argument("--dry-run", action="store_true", help="print the commands of every run in run order, run nothing")
     ap.add_argument("--report-only", action="store_true", help="only re-make the report and plots")
@@ -706,12 +710,26 @@ def main(argv=None) -> int:
         run_all(design, args.data_dir, Path(args.runs), results, args.dry_run, args.threads)
         if args.dry_run:
             return 0
-    text = report(design, results, plots)
     path = results / design.name / "report.md"
-    path.write_text(text + "\n")
-    print(text)
+    path.write_text(report(design, results, plots, link_from=path.parent) + "\n")
     print(f"[study] report: {path}")
+    docs = REPO / args.docs
+    if docs.is_file() and MARK_START.format(design.name) in docs.read_text():
+        docs.write_text(splice(docs.read_text(), design.name, report(design, results, plots, link_from=docs.parent)))
+        print(f"[study] report copied into {docs} (between its {MARK_START.format(design.name)} marks)")
     return 0
+
+
+MARK_START, MARK_END = "<!-- study:{}:start -->", "<!-- study:{}:end -->"
+
+
+def splice(doc: str, design: str, text: str) -> str:
+    """`doc` with the part between the design's start and end marks replaced by `text`."""
+    start, end = MARK_START.format(design), MARK_END.format(design)
+    if doc.count(start) != 1 or doc.count(end) != 1 or doc.index(start) > doc.index(end):
+        raise SystemExit(f"the document needs exactly one {start} followed by one {end}")
+    head, rest = doc.split(start)
+    return head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1]
 
 
 if __name__ == "__main__":

@@ -201,3 +201,11 @@ def test_a_failed_run_does_not_stop_the_study(tmp_path):
     ran = study.run_all(design, "DATA", tmp_path / "runs", tmp_path / "results", dry_run=False, runner=trainer)
     assert seen == [0, 1, 2, 3, 4] and [s for _, s in ran] == [0, 2, 3, 4]
     assert not (study.kept(tmp_path / "results", design, design.arms[0], 1) / "summary.json").exists()
+
+
+def test_report_is_spliced_between_the_marks_only():
+    doc = "intro\n<!-- study:cpu:start -->\nold\n<!-- study:cpu:end -->\nverdict\n"
+    out = study.splice(doc, "cpu", "NEW")
+    assert out == "intro\n<!-- study:cpu:start -->\nNEW\n<!-- study:cpu:end -->\nverdict\n"
+    with pytest.raises(SystemExit, match="exactly one"):
+        study.splice("no marks", "cpu", "NEW")
