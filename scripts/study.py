@@ -590,10 +590,34 @@ def report(design: Design, results: Path, plots: Path, link_from: Path | None = 
                      f"{verdict(c, c['p_holm'] if c['n'] >= 2 else None)} | {verdict(c)} |")
     lines.append("")
 
+    lines += verdict_table(design, data, comps)
     link = os.path.relpath(plots, link_from) if link_from is not None else "."
     lines += _accuracy_plot(design, data, fl, plots, plt, link)
     lines += _hex_plot(design, data, plots, plt, link)
     return "\n".join(lines)
+
+
+def verdict_table(design: Design, data: dict, comps: list[dict]) -> list[str]:
+    """Per HEX arm and metric, in words: helped / hurt / within noise (Holm-corrected), or why none."""
+    by = {(c["arm"], c["metric"]): c for c in comps}
+    lines = ["#### Verdict per method and rule (Holm-corrected paired test; mean difference in pp)", "",
+             "| arm vs its none arm | seeds paired | " + " | ".join(lab for _, lab in METRICS) + " |",
+             "|---|---|" + "---|" * len(METRICS)]
+    for arm in design.arms:
+        if arm.hex == "none":
+            continue
+        cells = []
+        for key, _ in METRICS:
+            c = by.get((arm.name, key))
+            if c is None:
+                cells.append("no paired runs yet")
+            elif c["n"] < 2:
+                cells.append(f"{c['mean']:+.2f}, one seed: no interval")
+            else:
+                cells.append(f"{verdict(c, c['p_holm'])} ({c['mean']:+.2f})")
+        n = by[(arm.name, METRICS[0][0])]["n"] if (arm.name, METRICS[0][0]) in by else 0
+        lines.append(f"| {arm.name} | {n} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _accuracy_plot(design, data, fl, plots, plt, link=".") -> list[str]:

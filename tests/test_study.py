@@ -26,6 +26,19 @@ CPU = study.designs(None)["cpu"]
 NEW_ARMS = ["simclr-fixed", "simclr-superclass", "nnclr-none", "nnclr-adaptive", "barlow-none", "barlow-adaptive"]
 
 
+@pytest.fixture
+def pilot_results(tmp_path):
+    """A results folder holding only the pilot's six runs (the study adds more as it goes)."""
+    import shutil
+
+    dst = tmp_path / "results"
+    for arm in ("simclr-none", "simclr-adaptive"):
+        for seed in (0, 1, 2):
+            shutil.copytree(ROOT / "results/fashion-mnist/cpu" / arm / f"seed{seed}", dst / "cpu" / arm / f"seed{seed}")
+    shutil.copy(ROOT / "results/fashion-mnist/cpu/floor.json", dst / "cpu" / "floor.json")
+    return dst
+
+
 def dry_run(design, data_dir, results=None):
     cmd = [sys.executable, "scripts/study.py", "--design", design, "--data-dir", str(data_dir), "--dry-run"]
     if results is not None:
@@ -121,13 +134,12 @@ def test_cpu_pins_keep_the_pilot_settings(tmp_path):
         assert C.to_dict(old) == C.to_dict(new)
 
 
-def test_plan_order_new_arms_first_then_second_seeds():
+def test_plan_order_new_arms_first_then_second_seeds(pilot_results):
     """28 runs; with the pilot's six kept, the 22 new ones go: seed 0 of every new arm, then seed 1,
     then seed 2, then SimCLR none/adaptive seeds 3 and 4, each HEX arm next to its none arm."""
     order = [(a.name, s) for a, s in study.plan(CPU)]
     assert len(order) == 28 and len(set(order)) == 28
-    todo = [(a.name, s) for a, s in study.run_all(CPU, "DATA", Path("runs/x"), ROOT / "results/fashion-mnist",
-                                                  dry_run=True)]
+    todo = [(a.name, s) for a, s in study.run_all(CPU, "DATA", Path("runs/x"), pilot_results, dry_run=True)]
     assert len(todo) == 22
     assert todo[:6] == [(n, 0) for n in NEW_ARMS]
     assert todo[6:12] == [(n, 1) for n in NEW_ARMS]
@@ -175,12 +187,12 @@ def test_t_distribution_and_holm():
     assert study.verdict(study.paired([-1.0, -1.1, -0.9])) == "hurt"
 
 
-def test_report_of_a_partial_study(tmp_path):
+def test_report_of_a_partial_study(pilot_results, tmp_path):
     """The report of the runs there are (the pilot's six): marked partial, with per-arm counts."""
-    text = study.report(CPU, ROOT / "results/fashion-mnist", tmp_path)
+    text = study.report(CPU, pilot_results, tmp_path / "plots")
     assert "Partial: 6 of 28 runs finished" in text
     assert "| simclr-fixed | 0 (-) | 3 |" in text and "| simclr-none | 3 (0, 1, 2) | 5 |" in text
-    assert "p (Holm)" in text and (tmp_path / "cpu_accuracy.png").is_file()
+    assert "p (Holm)" in text and (tmp_path / "plots" / "cpu_accuracy.png").is_file()
     assert math.isfinite(float(text.split("| simclr-adaptive | probe fine | ")[1].split("|")[3].strip()))
 
 
@@ -209,3 +221,15 @@ def test_report_is_spliced_between_the_marks_only():
     assert out == "intro\n<!-- study:cpu:start -->\nNEW\n<!-- study:cpu:end -->\nverdict\n"
     with pytest.raises(SystemExit, match="exactly one"):
         study.splice("no marks", "cpu", "NEW")
+
+
+def test_verdict_table_says_why_there_is_no_verdict(pilot_results):
+    data = study.load_runs(CPU, pilot_results)
+    comps = study.comparisons(CPU, data)
+    table = "\n".join(study.verdict_table(CPU, data, comps))
+    assert "| simclr-fixed | 0 | no paired runs yet |" in table
+    assert "| simclr-adaptive | 3 | within noise (-0.03) |" in table
+    one = {k: v for k, v in data.items()}
+    one["simclr-adaptive"] = {0: data["simclr-adaptive"][0]}
+    table = "\n".join(study.verdict_table(CPU, one, study.comparisons(CPU, one)))
+    assert "one seed: no interval" in table
