@@ -16,6 +16,14 @@ do not differ.
 Validation cost: see `hexfast.validate` (value checks run for CPU tensors always, for CUDA tensors
 only after `set_validation("full")` or with HEXFAST_CHECK_FINITE=1 at import time).
 
+Range corners: meta tensors are refused (there are no values to compute on); temperature and
+hierarchy_weight must keep every intermediate finite in the computation dtype (float32, float64 for
+float64 inputs): e.g. temperature 1e-39 (1/t overflows) or hierarchy_weight 1e39 are errors, not inf
+or NaN. float16 inputs with rows of tiny norm (below about 4 / (temperature * rows * 65504), ~4e-5 at
+t = 0.1 and 16 rows) may get inf gradients, because the gradient grows as 1 / |z| through the
+normalisation and float16 stops at 65504: that raises a `HEXPrecisionWarning` where values are
+checked (CPU tensors; CUDA tensors in "full" mode). Use bfloat16 or float32 for such embeddings.
+
 Kernels: "torch" (the reference), "triton" (the fused kernel, `kernels.backend`, which needs CUDA
 tensors, or CPU tensors with TRITON_INTERPRET=1 set before the import), "auto" (triton for CUDA
 tensors of dtype fp16/bf16/fp32 when the kernel imports, else torch; it warns once when it falls
@@ -41,6 +49,7 @@ from hexfast.validate import (
     THRESHOLDS,
     VALIDATION_MODES,
     HEXInputError,
+    HEXPrecisionWarning,
     HEXTypeError,
     get_validation,
     set_validation,
@@ -54,6 +63,7 @@ __all__ = [
     "VALIDATION_MODES",
     "HEXInputError",
     "HEXLoss",
+    "HEXPrecisionWarning",
     "HEXTypeError",
     "KernelUnavailableError",
     "Rule",
@@ -165,6 +175,7 @@ def hex_loss(
     V.check_embeddings("z1", z1)
     V.check_embeddings("z2", z2)
     V.check_same("z1", z1, "z2", z2, same_rows=True)
+    V.check_not_meta("z1", z1)
     batch = z1.shape[0]
     if batch < 2:
         raise HEXInputError(f"the batch needs B >= 2 rows per view (otherwise no negatives), got B = {batch}")
@@ -184,6 +195,9 @@ def hex_loss(
         V.check_labels("groups", groups, batch, z1.device)
         groups = torch.cat([groups, groups])
     _check_rule_device(rule, z1.device, cosine_name)
+    V.check_fits(temperature, hierarchy_weight, z1.dtype, 2 * batch, 2 * batch)
+    V.warn_half_gradients("z1", z1, temperature, 2 * batch)
+    V.warn_half_gradients("z2", z2, temperature, 2 * batch)
 
     loss, stats = _backend(kernel, z1).square(
         torch.cat([z1, z2], dim=0), batch, rule, temperature=temperature, hierarchy_weight=hierarchy_weight,
@@ -237,6 +251,7 @@ def hex_rect_loss(
     V.check_embeddings("anchors", anchors)
     V.check_embeddings("candidates", candidates)
     V.check_same("anchors", anchors, "candidates", candidates, same_rows=False)
+    V.check_not_meta("anchors", anchors)
     m, n = anchors.shape[0], candidates.shape[0]
     if m < 1 or n < 2:
         raise HEXInputError(f"need at least 1 anchor and 2 candidates, got M = {m} and N = {n}")
@@ -259,6 +274,9 @@ def hex_rect_loss(
     elif anchor_groups is not None or candidate_groups is not None:
         raise HEXInputError(f"anchor_groups/candidate_groups are used only by rule='groups', got rule={rule.kind!r}")
     _check_rule_device(rule, device, name)
+    V.check_fits(temperature, hierarchy_weight, anchors.dtype, m, n)
+    V.warn_half_gradients("anchors", anchors, temperature, m)
+    V.warn_half_gradients("candidates", candidates, temperature, m)
 
     loss, stats = _backend(kernel, anchors).rect(
         anchors, candidates, pos_index, self_index, rule, temperature=temperature,
@@ -301,6 +319,7 @@ def candidate_row_quantiles(anchors: Tensor, candidates: Tensor, quantile: float
     V.check_embeddings("anchors", anchors)
     V.check_embeddings("candidates", candidates)
     V.check_same("anchors", anchors, "candidates", candidates, same_rows=False)
+    V.check_not_meta("anchors", anchors)
     if candidates.shape[0] < 1:
         raise HEXInputError("need at least one candidate row")
     quantile = V.check_quantile(quantile)

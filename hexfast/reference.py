@@ -171,7 +171,7 @@ def hex_from_similarities(
         hier = hierarchy_mask(
             s, rule=rule, eps=eps, anchor_groups=anchor_groups, candidate_groups=candidate_groups
         ) & negative
-        coef = torch.where(hier, float(hierarchy_weight), 1.0).to(s.dtype) * negative
+        coef = torch.where(hier, s.new_tensor(float(hierarchy_weight)), s.new_tensor(1.0)) * negative
         if positive_in_denominator:
             coef[rows, pos_index] = 1.0
         used = coef > 0

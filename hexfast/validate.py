@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import warnings
 
 import torch
 from torch import Tensor
@@ -34,6 +35,10 @@ class HEXInputError(ValueError):
 
 class HEXTypeError(HEXInputError, TypeError):
     """A bad argument type (not a tensor, integer embeddings, a bool where a number is expected)."""
+
+
+class HEXPrecisionWarning(RuntimeWarning):
+    """The inputs' dtype cannot hold a result of the computation (e.g. float16 gradients of tiny rows)."""
 
 
 _validation_mode = "full" if os.environ.get("HEXFAST_CHECK_FINITE", "") == "1" else "cheap"
@@ -54,7 +59,7 @@ def get_validation() -> str:
 
 def values_checked(t) -> bool:
     """Whether checks that read tensor values may run for `t` (never a hidden GPU sync)."""
-    return t.device.type == "cpu" or _validation_mode == "full"
+    return t.device.type == "cpu" or (_validation_mode == "full" and t.device.type != "meta")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +211,12 @@ def check_same(name_a: str, a: Tensor, name_b: str, b: Tensor, *, same_rows: boo
         raise HEXTypeError(f"{name_a} and {name_b} must have the same dtype, got {a.dtype} and {b.dtype}")
 
 
+def check_not_meta(name: str, z: Tensor) -> None:
+    """Meta tensors have a shape but no values: nothing to compute on (checked after the device match)."""
+    if z.is_meta:
+        raise HEXInputError(f"{name} is a meta tensor (a shape without values): HEX needs real values, on the CPU or a GPU")
+
+
 def check_labels(name: str, labels, rows: int, device: torch.device) -> None:
     if not isinstance(labels, Tensor):
         raise HEXTypeError(f"{name} must be a torch.Tensor of integer labels [{rows}], got {type(labels).__name__}")
@@ -231,3 +242,55 @@ def check_indices(name: str, index, rows: int, low: int, high: int, device: torc
         lo, hi = int(index.min()), int(index.max())
         if lo < low or hi >= high:
             raise HEXInputError(f"{name} values must lie in [{low}, {high - 1}], got min {lo} and max {hi}")
+
+
+def computation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype HEX computes in for inputs of `dtype`: float32, or float64 for float64 (gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_fits(temperature: float, hierarchy_weight: float, dtype: torch.dtype, rows: int, candidates: int) -> None:
+    """The settings keep every intermediate finite in the computation dtype.
+
+    |s / temperature| <= 1 / temperature, a row's loss <= 2 / temperature + log(candidates), the sum
+    over `rows` rows: so temperature >= 2 (rows + 1) / max. A hierarchical term weighs w e^{s/t - max}
+    <= w, a row's denominator sums `candidates` of them: so w <= max / (candidates + 1).
+    """
+    cdtype = computation_dtype(dtype)
+    big = torch.finfo(cdtype).max
+    t_min = 2.0 * (rows + 1) / big
+    if temperature < t_min:
+        raise HEXInputError(
+            f"temperature {temperature:g} is too small for {cdtype} computation: 1/temperature and the loss "
+            f"summed over {rows} rows would overflow to inf; need temperature >= {t_min:.3g}"
+        )
+    w_max = big / (candidates + 1)
+    if hierarchy_weight > w_max:
+        raise HEXInputError(
+            f"hierarchy_weight {hierarchy_weight:g} is too large for {cdtype} computation: weighted sums over "
+            f"{candidates} candidates would overflow to inf; need hierarchy_weight <= {w_max:.3g}"
+        )
+
+
+_HALF_MAX = float(torch.finfo(torch.float16).max)
+
+
+def warn_half_gradients(name: str, z: Tensor, temperature: float, rows: int) -> None:
+    """Warn when float16 gradients of `z` may overflow (only where values are read without a sync).
+
+    The gradient of a row reaches the input through the normalisation, times 1 / |z_i|; its size is
+    at most about 4 / (temperature * rows * |z_i|). float16 holds up to 65504, so rows of norm below
+    4 / (temperature * rows * 65504) (about 4e-5 at temperature 0.1 and 16 rows) may get inf
+    gradients. bfloat16 and float32 have float32's range and do not overflow here.
+    """
+    if z.dtype != torch.float16 or not z.requires_grad or not values_checked(z):
+        return
+    limit = 4.0 / (temperature * rows * _HALF_MAX)
+    smallest = float(torch.linalg.vector_norm(z.detach().float(), dim=1).min())
+    if smallest < limit:
+        warnings.warn(
+            f"{name} is float16 with a row of norm {smallest:.3g} < {limit:.3g}: its gradient may exceed float16's "
+            "range (65504) and become inf. Scale the embeddings up, or pass them as float32 or bfloat16.",
+            HEXPrecisionWarning,
+            stacklevel=3,
+        )
