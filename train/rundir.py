@@ -62,16 +62,17 @@ def check_resume(cfg: C.Config, out: Path, ckpt: dict | None = None) -> None:
     run actually trained with); one ConfigError lists every differing key with both values.
     """
     path = out / "config.yaml"
-    saved = {path: _saved_config(C.load_yaml(path), str(path))}
+    saved = [("", _saved_config(C.load_yaml(path), str(path)))]
     if ckpt is not None and isinstance(ckpt.get("hexfast"), dict) and "config" in ckpt["hexfast"]:
-        where = f"the config stored in {out / 'checkpoints' / 'last.ckpt'}"
-        saved[where] = _saved_config(ckpt["hexfast"]["config"], where)
-    lines = []
-    for where, old in saved.items():
+        ckpt_path = out / "checkpoints" / "last.ckpt"
+        saved.append((f" (stored in {ckpt_path})", _saved_config(ckpt["hexfast"]["config"],
+                                                                 f"the config stored in {ckpt_path}")))
+    seen, lines = set(), []
+    for label, old in saved:
         for key, was, now in config_differences(old, cfg):
-            line = f"  {key}: run has {was!r}, requested {now!r}"
-            if line not in lines:
-                lines.append(line)
+            if (key, repr(was)) not in seen:
+                seen.add((key, repr(was)))
+                lines.append(f"  {key}: run has {was!r}{label}, requested {now!r}")
     if lines:
         raise C.ConfigError(
             f"--resume: the requested config differs from the run in {out} in key(s) that may not "
