@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError, require_dir, require_file
+from .dataset import DataError, check_labels, require_dir, require_file
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -44,19 +44,34 @@ def load_pickle(path: Path) -> dict:
 def _images(batch: dict, path: Path) -> np.ndarray:
     if "data" not in batch:
         raise DataError(f"CIFAR pickle {path} has no 'data' entry (keys: {sorted(batch)})")
-    data = np.asarray(batch["data"], dtype=np.uint8)
+    data = batch["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8:  # converting would wrap e.g. 300.0 to 44
+        kind = f"a {data.dtype} array" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise DataError(f"CIFAR pickle {path}: data is {kind}; the CIFAR format stores a uint8 array "
+                        "[N, 3072]")
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(f"CIFAR pickle {path}: data has shape {data.shape}, expected [N, 3072]")
+        raise DataError(f"CIFAR pickle {path}: data has shape {data.shape}, expected [N, 3072] "
+                        "(3 planes of 32x32 per row)")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
 
 
-def _labels(batch: dict, key: str, n: int, path: Path) -> np.ndarray:
+def _labels(batch: dict, key: str, n: int, path: Path, classes: int) -> np.ndarray:
     if key not in batch:
         raise DataError(f"CIFAR pickle {path} has no {key!r} entry (keys: {sorted(batch)})")
-    labels = np.asarray(batch[key], dtype=np.int64)
-    if labels.shape != (n,):
-        raise DataError(f"CIFAR pickle {path}: {len(labels)} {key} for {n} images")
-    return labels
+    raw = batch[key]
+    if np.ndim(raw) != 1 or len(raw) != n:
+        raise DataError(f"CIFAR pickle {path}: {np.size(raw)} {key} for {n} images")
+    return check_labels(raw, classes, f"CIFAR pickle {path}: {key}")
+
+
+def _same_group(fine: np.ndarray, coarse: np.ndarray, path: Path) -> None:
+    """Every fine class lies in one coarse group (CIFAR-100's 100 classes in 20 superclasses)."""
+    first = {}
+    for i, (f, c) in enumerate(zip(fine.tolist(), coarse.tolist())):
+        j = first.setdefault(f, (i, c))
+        if j[1] != c:
+            raise DataError(f"CIFAR pickle {path}: fine label {f} has coarse label {j[1]} at index {j[0]} "
+                            f"but {c} at index {i}; each class belongs to one superclass")
 
 
 def _folder(root: Path, name: str) -> Path:
@@ -82,7 +97,7 @@ def read_cifar10(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray, 
         batch = load_pickle(path)
         x = _images(batch, path)
         images.append(x)
-        labels.append(_labels(batch, "labels", len(x), path))
+        labels.append(_labels(batch, "labels", len(x), path, 10))
     return np.concatenate(images), np.concatenate(labels), _names(folder / "batches.meta", "label_names")
 
 
@@ -92,7 +107,8 @@ def read_cifar100(root: str | Path, split: str):
     path = folder / split
     batch = load_pickle(path)
     x = _images(batch, path)
-    fine = _labels(batch, "fine_labels", len(x), path)
-    coarse = _labels(batch, "coarse_labels", len(x), path)
+    fine = _labels(batch, "fine_labels", len(x), path, 100)
+    coarse = _labels(batch, "coarse_labels", len(x), path, 20)
+    _same_group(fine, coarse, path)
     meta = folder / "meta"
     return (x, fine, coarse, _names(meta, "fine_label_names"), _names(meta, "coarse_label_names"))

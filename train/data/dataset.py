@@ -64,11 +64,13 @@ class ImageDataset:
             labels = getattr(self, attr)
             if labels is None:
                 continue
-            labels = np.asarray(labels, dtype=np.int64)
+            labels = np.asarray(labels)
             if labels.shape != (n,):
                 raise DataError(f"dataset {self.name!r}: {attr} labels have shape {labels.shape}, "
                                 f"expected ({n},) to match the images")
-            setattr(self, attr, labels)
+            # the readers check their files' labels (naming the file); this is the net for the rest
+            classes = self.num_classes if attr == "fine" else self.num_coarse
+            setattr(self, attr, check_labels(labels, classes or None, f"dataset {self.name!r}: {attr} labels", unlabelled_ok=True))
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"dataset {self.name!r}: mean and std need 3 values (the output is RGB)")
 
@@ -108,6 +110,35 @@ def require_file(path: Path, what: str) -> Path:
     if path.stat().st_size == 0:
         raise DataError(f"{what} {path} is empty")
     return path
+
+
+def check_labels(labels, classes: int | None, what: str, *, unlabelled_ok: bool = False) -> np.ndarray:
+    """``labels`` as int64 [N], each in 0..classes-1 (>= 0 for classes=None; -1 too with
+    ``unlabelled_ok``); else a DataError that starts with ``what`` (e.g. "label file F") and names
+    the first offending index and value. Non-integer values (3.7, True, "a") are refused, not
+    truncated."""
+    arr = np.asarray(labels)
+    if arr.size and not (np.issubdtype(arr.dtype, np.integer) and arr.dtype != np.bool_):
+        if isinstance(labels, np.ndarray):
+            flat = arr.reshape(-1)
+            odd = np.flatnonzero(flat != np.round(flat)) if np.issubdtype(arr.dtype, np.floating) else []
+            bad = int(odd[0]) if len(odd) else 0
+            value = flat[bad].item()
+        else:  # a list: report the element as stored, not as numpy promoted it
+            flat = list(labels)
+            bad = next((i for i, v in enumerate(flat)
+                        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))), 0)
+            value = flat[bad]
+        raise DataError(f"{what}: labels must be integers, found {value!r} at index {bad}")
+    arr = arr.astype(np.int64)
+    low = -1 if unlabelled_ok else 0
+    wrong = np.flatnonzero((arr < low) | (arr >= classes) if classes is not None else arr < low)
+    if len(wrong):
+        i = int(wrong[0])
+        valid = (f"0..{classes - 1}" if classes is not None else ">= 0") + (" (or -1 = unlabelled)" if unlabelled_ok else "")
+        raise DataError(f"{what}: label {int(arr[i])} at index {i} is outside {valid} "
+                        f"({len(wrong)} such label{'s' if len(wrong) > 1 else ''})")
+    return arr
 
 
 def require_dir(path: Path, what: str) -> Path:

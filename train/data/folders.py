@@ -16,6 +16,9 @@ VERIFY_CHOICES = ("auto", "full", "header", "none")
 # Up to this many files "auto" decodes every one fully (catches truncated JPEGs); above it only the
 # headers are read, because decoding e.g. ImageNet's 1.28M files up front would take far too long.
 AUTO_FULL_LIMIT = 20_000
+# PIL modes of 8-bit images; the loaders convert these to RGB exactly. 16-bit and float images
+# (modes I;16, I, F) would be clipped to 255 by that conversion, so they are refused.
+EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 
 
 def _is_image(p: Path) -> bool:
@@ -40,14 +43,16 @@ def verify_files(files: list[str], mode: str = "auto") -> None:
     for f in files:
         try:
             with Image.open(f) as im:
-                if mode == "full":
+                if im.mode not in EIGHT_BIT_MODES:
+                    bad.append(f"{f} (mode {im.mode}: not an 8-bit image; convert it to 8-bit RGB or grey)")
+                elif mode == "full":
                     im.load()
                 else:
                     im.verify()
         except Exception as e:  # PIL raises many types for bad files
             bad.append(f"{f} ({type(e).__name__}: {e})")
-            if len(bad) >= 10:
-                break
+        if len(bad) >= 10:
+            break
     if bad:
         raise DataError("unreadable image file(s): " + "; ".join(bad))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError, require_file
+from .dataset import DataError, check_labels, require_file
 
 _UBYTE = 0x08
 
@@ -51,14 +51,21 @@ def find_idx(root: Path, stem: str) -> Path:
     raise DataError(f"missing IDX file: neither {root / stem}.gz nor {root / stem} exists")
 
 
-def read_idx_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images uint8 [N, 28, 28, 1], labels int64 [N]) of the MNIST-layout ``split`` ('train' | 'test')."""
+SIDE = 28  # MNIST-format images are 28 x 28
+
+
+def read_idx_split(root: str | Path, split: str, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 28, 28, 1], labels int64 [N] in 0..num_classes-1) of the MNIST-layout
+    ``split`` ('train' | 'test'); images of another size and labels out of range are refused."""
     prefix = {"train": "train", "test": "t10k"}[split]
     root = Path(root)
     img_path = find_idx(root, f"{prefix}-images-idx3-ubyte")
     lab_path = find_idx(root, f"{prefix}-labels-idx1-ubyte")
     images = read_idx(img_path, 3)
-    labels = read_idx(lab_path, 1).astype(np.int64)
+    if images.shape[1:] != (SIDE, SIDE):
+        raise DataError(f"IDX image file {img_path} holds {images.shape[1]}x{images.shape[2]} images; the MNIST "
+                        f"format's are {SIDE}x{SIDE}")
+    labels = check_labels(read_idx(lab_path, 1), num_classes, f"IDX label file {lab_path}")
     if len(labels) != len(images):
         raise DataError(f"label file {lab_path} has {len(labels)} labels but image file {img_path} "
                         f"has {len(images)} images")

@@ -17,9 +17,7 @@ EMBEDDED_ROOT = Path(__file__).resolve().parent / "embedded" / "fashion-mnist-sm
 
 
 def _fashion(name: str, root: Path, split: str, **_) -> ImageDataset:
-    images, fine = read_idx_split(root, split)
-    if fine.max() >= 10:
-        raise DataError(f"{root}: Fashion-MNIST labels must be 0..9, found {fine.max()}")
+    images, fine = read_idx_split(root, split, num_classes=10)
     return ImageDataset(name=name, images=images, fine=fine, coarse=H.FASHION_MNIST_COARSE[fine],
                         num_classes=10, num_coarse=len(H.FASHION_MNIST_COARSE_NAMES), image_size=28,
                         class_names=list(H.FASHION_MNIST_CLASSES),
@@ -28,7 +26,7 @@ def _fashion(name: str, root: Path, split: str, **_) -> ImageDataset:
 
 
 def _mnist(name: str, root: Path, split: str, **_) -> ImageDataset:
-    images, fine = read_idx_split(root, split)
+    images, fine = read_idx_split(root, split, num_classes=10)
     return ImageDataset(name=name, images=images, fine=fine, num_classes=10, image_size=28,
                         class_names=list(H.MNIST_CLASSES), **grey_stats(0.1307, 0.3081))
 

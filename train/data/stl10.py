@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import DataError, require_dir, require_file
+from .dataset import DataError, check_labels, require_dir, require_file
 
 SIDE = 96
 _BYTES = 3 * SIDE * SIDE
@@ -32,9 +32,12 @@ def _read_labels(path: Path, n: int, images_path: Path) -> np.ndarray:
     if len(labels) != n:
         raise DataError(f"STL-10 label file {path} has {len(labels)} labels but {images_path} has "
                         f"{n} images")
-    if labels.min() < 1 or labels.max() > 10:
-        raise DataError(f"STL-10 label file {path} holds labels outside 1..10")
-    return labels - 1
+    wrong = np.flatnonzero((labels < 1) | (labels > 10))  # stored as 1..10
+    if len(wrong):
+        i = int(wrong[0])
+        raise DataError(f"STL-10 label file {path}: label {labels[i]} at index {i} is outside 1..10 "
+                        f"({len(wrong)} such label{'s' if len(wrong) > 1 else ''})")
+    return check_labels(labels - 1, 10, f"STL-10 label file {path}")
 
 
 def read_stl10(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
