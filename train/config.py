@@ -23,16 +23,9 @@ from pathlib import Path
 import yaml
 
 from hexfast import validate as V
-from train.methods.all4one import All4OneParams
-from train.methods.barlow import BarlowParams
-from train.methods.byol import BYOLParams
-from train.methods.mocov2 import MoCoV2Params
-from train.methods.nnclr import NNCLRParams
-from train.methods.simclr import SimCLRParams
-from train.methods.simsiam import SimSiamParams
-from train.methods.vicreg import VICRegParams
+from train.methods import METHODS
 
-METHOD_NAMES = ("simclr", "nnclr", "all4one", "barlow", "byol", "mocov2", "vicreg", "simsiam")
+METHOD_NAMES = tuple(METHODS)  # the registry's order; each method also gets its section below
 
 
 class ConfigError(ValueError):
@@ -133,8 +126,8 @@ class EvalConfig:
 
 
 @dataclass
-class Config:
-    method: str = choice("simclr", METHOD_NAMES)  # SSL method; its section below holds its hyperparameters
+class _Config:
+    method: str = choice("simclr", METHOD_NAMES)  # SSL method; its section (`<method>.*`) holds its hyperparameters
     kernel: str = choice("auto", KERNELS)  # HEX implementation: torch reference, triton fused kernel, auto
     hex: HexConfig = field(default_factory=HexConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,20 +135,25 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    # one section per method (supplement Table 6 baselines); only the selected one is used
-    simclr: SimCLRParams = field(default_factory=SimCLRParams)
-    nnclr: NNCLRParams = field(default_factory=NNCLRParams)
-    all4one: All4OneParams = field(default_factory=All4OneParams)
-    barlow: BarlowParams = field(default_factory=BarlowParams)
-    byol: BYOLParams = field(default_factory=BYOLParams)
-    mocov2: MoCoV2Params = field(default_factory=MoCoV2Params)
-    vicreg: VICRegParams = field(default_factory=VICRegParams)
-    simsiam: SimSiamParams = field(default_factory=SimSiamParams)
 
     @property
     def params(self):
         """The selected method's hyperparameter section."""
         return getattr(self, self.method)
+
+
+def _method_sections() -> list:
+    """One section per registered method (its `Params`: supplement Table 6 baselines), named as the
+    method; only the selected one is used."""
+    for cls in METHODS.values():
+        cls.check_policy()
+    return [(name, cls.Params, field(default_factory=cls.Params)) for name, cls in METHODS.items()]
+
+
+# The whole config: the sections above, then one per method of the registry.
+Config = dataclasses.make_dataclass("Config", _method_sections(), bases=(_Config,))
+Config.__module__ = __name__
+Config.__doc__ = "The whole pretraining config: the shared sections, then one section per method (train.methods.METHODS)."
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,21 +20,23 @@ from hexfast.reference import hex_from_similarities, row_quantiles
 from hexfast.thresholds import HexSettings, Schedule, build_schedule
 from train import distributed as D
 
-# The adaptive rule's warm-up per method under hex.warmup=auto (spec §3): SimCLR (and MoCo v2, whose
-# HEX also replaces its InfoNCE) start with plain InfoNCE; NNCLR and All4One with a fixed raw-cosine
-# eps; the released Barlow Twins and VICReg apply HEX from epoch 0, and BYOL/SimSiam follow them.
-HEX_WARMUP = {"nnclr": "cosine", "all4one": "cosine", "barlow": "off", "vicreg": "off", "byol": "off",
-              "simsiam": "off"}
+def make_schedule(hex_cfg, method, epochs: int) -> Schedule:
+    """The threshold schedule that `--hex` selects, from the config's `hex` section.
 
+    method: the method's class (or its registry name); under hex.warmup=auto the adaptive rule's
+    warm-up is the class's `hex_warmup` (spec §3: InfoNCE for SimCLR / MoCo v2, the raw-cosine eps for
+    NNCLR / All4One, none for the methods HEX is added to).
+    """
+    if isinstance(method, str):
+        from train.methods import METHODS  # the methods import this module
 
-def make_schedule(hex_cfg, method: str, epochs: int) -> Schedule:
-    """The threshold schedule that `--hex` selects, from the config's `hex` section."""
+        method = METHODS[method]
     common = dict(hierarchy_weight=hex_cfg.hierarchy_weight, positive_in_denominator=hex_cfg.positive_in_denominator)
     mode = hex_cfg.mode
     if mode == "none":
         return build_schedule("none")
     if mode == "adaptive":
-        warmup = hex_cfg.warmup if hex_cfg.warmup != "auto" else HEX_WARMUP.get(method, "infonce")
+        warmup = hex_cfg.warmup if hex_cfg.warmup != "auto" else method.hex_warmup
         return build_schedule("adaptive", quantile=hex_cfg.quantile, warmup_epochs=hex_cfg.warmup_epochs,
                               warmup=warmup, warmup_eps=hex_cfg.warmup_eps, **common)
     if mode == "superclass":

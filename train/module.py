@@ -25,20 +25,16 @@ from train.methods import METHODS, StepInput
 from train.optim import build_optimizer, warmup_cosine
 
 HEX_LOG_KEYS = ("eps", "hier_fraction", "empty_rows")
-# methods whose own contrastive loss HEX replaces (the others add an alpha-weighted HEX term)
-REPLACING_METHODS = ("simclr", "nnclr", "all4one", "mocov2")
 
 
 def build_method(cfg, backbone: nn.Module, feat_dim: int):
-    """The configured method with its HexTerm (None = the method's plain loss)."""
+    """The configured method with its HexTerm (None = the method's plain loss), wired by the class's
+    policy attributes (`train.methods.base.Method`): warm-up, temperature source, always_hex."""
     cls = METHODS[cfg.method]
     params = cfg.params
     hex_term = None
-    if cfg.hex.mode != "none" or getattr(cls, "always_hex", False):
-        # where HEX replaces the method's contrastive loss it keeps the method's tau; the HEX term
-        # added to Barlow/VICReg/BYOL/SimSiam uses hex.temperature (0.1, released Barlow/VICReg)
-        tau = params.temperature if cfg.method in REPLACING_METHODS else cfg.hex.temperature
-        hex_term = HexTerm(make_schedule(cfg.hex, cfg.method, cfg.train.epochs), tau, cfg.kernel)
+    if cfg.hex.mode != "none" or cls.always_hex:
+        hex_term = HexTerm(make_schedule(cfg.hex, cls, cfg.train.epochs), cls.hex_tau(params, cfg.hex), cfg.kernel)
     return cls(params, feat_dim, backbone, hex_term, cfg.hex, cfg.kernel)
 
 
@@ -124,7 +120,7 @@ class SSLModule(L.LightningModule):
     def configure_optimizers(self):
         cfg, p = self.cfg, self.cfg.params
         lr = p.lr * (cfg.train.batch_size / 256 if cfg.optim.scale_lr else 1.0)
-        special = self.method.param_groups() if hasattr(self.method, "param_groups") else []
+        special = self.method.param_groups()
         taken = {id(q) for g in special for q in g["params"]}
         probes = [q for m in (self.probe_fine, self.probe_coarse) if m is not None for q in m.parameters()]
         taken |= {id(q) for q in probes}

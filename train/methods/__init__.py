@@ -1,4 +1,9 @@
-"""The eight SSL methods, one small file each; `METHODS` maps the config name to the class."""
+"""The eight SSL methods, one small file each; `METHODS` maps the config name to the class.
+
+The registry is the one list of methods: the config's `--method` choices and per-method sections
+(`train/config.py`) and the trainer's HEX wiring (`train/module.py`, from each class's policy
+attributes, see `Method`) are derived from it. A new method is one file and one entry below.
+"""
 from train.methods.all4one import All4One
 from train.methods.barlow import Barlow
 from train.methods.base import Method, StepInput

@@ -71,6 +71,9 @@ class All4One(Method):
     name = "all4one"
     augment = "asymmetric"  # the released/solo-learn configs use asymmetric.yaml (solarisation on view 2)
     Params = All4OneParams
+    hex_combine = "replace"   # the nnclr and attention terms become HEX; all4one.temperature for nnclr
+    hex_temperature = "method"
+    hex_warmup = "cosine"     # released: the raw-cosine eps 0.9 during the warm-up
 
     def __init__(self, params, feat_dim, backbone, hex_term, hex_cfg, kernel="auto"):
         super().__init__(params, feat_dim, backbone, hex_term, hex_cfg, kernel)

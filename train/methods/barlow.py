@@ -30,6 +30,8 @@ class Barlow(Method):
     name = "barlow"
     augment = "asymmetric"  # the released/solo-learn configs use asymmetric.yaml (solarisation on view 2)
     Params = BarlowParams
+    # released Barlow Twins: alpha * HEX added, HEX from epoch 0, tau = hex.temperature
+    hex_combine, hex_warmup, hex_temperature = "add", "off", "hex"
 
     def __init__(self, params, feat_dim, backbone, hex_term, hex_cfg, kernel="auto"):
         super().__init__(params, feat_dim, backbone, hex_term, hex_cfg, kernel)

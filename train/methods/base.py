@@ -1,16 +1,21 @@
-"""What every method shares: its hyperparameter section, the step input, MLP/momentum/queue helpers.
+"""What every method shares: its policy and hyperparameter section, the step input, MLP/momentum/queue helpers.
 
 A method is an `nn.Module` holding only what differs (projector, predictor, momentum target, queue,
-its loss and its HEX integration). The Lightning module (`train/module.py`) owns the backbone, the
-optimiser and the evaluation, and calls:
+its loss and its HEX integration); its class attributes say how the trainer treats it (see `Method`).
+The Lightning module (`train/module.py`) owns the backbone, the optimiser and the evaluation, and calls:
     loss, logs = method.loss(step)         step: StepInput (views, backbone features, labels, epoch)
-    method.after_optimizer_step(step, total_steps)   EMA targets (momentum methods)
+    method.after_optimizer_step(global_step, total_steps, backbone)   EMA targets (momentum methods)
+    method.param_groups()                  parameter groups with their own lr (default: none)
+Adding a method: one file here with its `Method` subclass and `MethodParams` section, and one line in
+`train/methods/__init__.py`'s registry; the config section `<name>.*`, `--method <name>` and the HEX
+wiring follow from the class.
 Distributed rule (see `train/distributed.py`): the mean over processes of each process's loss must
 equal the single-process loss on the global batch; queues enqueue gathered keys in rank order.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -20,6 +25,9 @@ from torch import Tensor, nn
 from train import distributed as D
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
+HEX_COMBINES = ("replace", "add")     # HEX replaces the method's contrastive loss | adds alpha * HEX
+HEX_WARMUPS = ("infonce", "cosine", "off")  # the adaptive rule's warm-up (hexfast.thresholds.WARMUPS)
+HEX_TEMPERATURES = ("method", "hex")  # HEX's tau: the method's own `temperature` | the config's hex.temperature
 
 
 def choice(default, choices):
@@ -123,11 +131,26 @@ class Queue(nn.Module):
 
 
 class Method(nn.Module):
-    """Base class: subclasses set `name`, `Params`, `augment` and implement `loss`."""
+    """Base class: subclasses set `name`, `Params`, the policy attributes below, and implement `loss`.
+
+    Policy (class attributes; the trainer reads nothing else about a method):
+      augment          augmentation preset of train.data ("symmetric"; BYOL-style methods "asymmetric")
+      hex_combine      "replace": HEX replaces the method's contrastive loss (SimCLR, NNCLR, All4One,
+                       MoCo v2); "add": the loss becomes alpha * HEX + (1 - alpha) * loss (`add_hex`)
+      hex_warmup       the adaptive rule's warm-up under hex.warmup=auto (spec §3): "infonce",
+                       "cosine" (the raw-cosine eps hex.warmup_eps) or "off" (HEX from epoch 0)
+      hex_temperature  "method": HEX uses the method's own `temperature` field; "hex": hex.temperature
+      always_hex       the method's plain loss is a HexTerm too (`--hex none` = InfoNCE through it)
+    The defaults suit a non-contrastive method (add, no warm-up, hex.temperature).
+    """
 
     name = ""
     Params = MethodParams
-    augment = "symmetric"  # augmentation preset of train.data (BYOL-style methods: "asymmetric")
+    augment = "symmetric"
+    hex_combine = "add"
+    hex_warmup = "off"
+    hex_temperature = "hex"
+    always_hex = False
 
     def __init__(self, params, feat_dim: int, backbone: nn.Module, hex_term, hex_cfg, kernel: str = "auto"):
         super().__init__()
@@ -135,6 +158,27 @@ class Method(nn.Module):
         self.kernel = kernel     # for the method's own contrastive terms (NNCLR baseline)
         self.hex = hex_term      # train.hexterm.HexTerm or None (the method's plain loss)
         self.hex_cfg = hex_cfg   # the config's `hex` section (alpha, scales)
+
+    @classmethod
+    def check_policy(cls) -> None:
+        """The class attributes hold valid values (run for every registered method)."""
+        for attr, valid in (("hex_combine", HEX_COMBINES), ("hex_warmup", HEX_WARMUPS),
+                            ("hex_temperature", HEX_TEMPERATURES)):
+            if getattr(cls, attr) not in valid:
+                raise ValueError(f"{cls.__name__}.{attr} = {getattr(cls, attr)!r}; valid: {', '.join(valid)}")
+        if not cls.name or not isinstance(cls.name, str):
+            raise ValueError(f"{cls.__name__}.name must be the method's config name")
+        if cls.hex_temperature == "method" and "temperature" not in {f.name for f in dataclasses.fields(cls.Params)}:
+            raise ValueError(f"{cls.__name__}.hex_temperature = 'method' needs a `temperature` field in {cls.Params.__name__}")
+
+    @classmethod
+    def hex_tau(cls, params, hex_cfg) -> float:
+        """The temperature of this method's HEX term (params: its section; hex_cfg: the `hex` section)."""
+        return params.temperature if cls.hex_temperature == "method" else hex_cfg.temperature
+
+    def param_groups(self) -> list[dict]:
+        """Parameter groups with their own peak lr: [{"params": [...], "lr": float}] (default none)."""
+        return []
 
     def loss(self, step: StepInput) -> tuple[Tensor, dict]:
         raise NotImplementedError
@@ -147,8 +191,8 @@ class Method(nn.Module):
         return step.coarse
 
     def add_hex(self, loss: Tensor, logs: dict, z1: Tensor, z2: Tensor, step: StepInput, scale: float = 1.0):
-        """alpha * scale * HEX(z1, z2) + (1 - alpha) * loss, the integration for methods whose
-        released code has no contrastive term (Barlow, VICReg, BYOL, SimSiam; spec §4)."""
+        """alpha * scale * HEX(z1, z2) + (1 - alpha) * loss: hex_combine = "add", the integration for
+        methods whose released code has no contrastive term (Barlow, VICReg, BYOL, SimSiam; spec §4)."""
         if self.hex is None:
             return loss
         h, stats = self.hex.square(z1, z2, step.epoch, self.hex_groups(step))

@@ -29,6 +29,8 @@ class BYOLParams(MethodParams):
 class BYOL(Method):
     name = "byol"
     Params = BYOLParams
+    # as Barlow/VICReg: alpha * HEX added, HEX from epoch 0, tau = hex.temperature
+    hex_combine, hex_warmup, hex_temperature = "add", "off", "hex"
     augment = "asymmetric"
 
     def __init__(self, params, feat_dim, backbone, hex_term, hex_cfg, kernel="auto"):

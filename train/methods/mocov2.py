@@ -42,6 +42,9 @@ class MoCoV2Params(MethodParams):
 class MoCoV2(Method):
     name = "mocov2"
     Params = MoCoV2Params
+    hex_combine = "replace"   # HEX splits each query's InfoNCE row; mocov2.temperature
+    hex_temperature = "method"
+    hex_warmup = "infonce"    # as SimCLR: the plain MoCo loss while epoch <= warm-up
 
     def __init__(self, params, feat_dim, backbone, hex_term, hex_cfg, kernel="auto"):
         super().__init__(params, feat_dim, backbone, hex_term, hex_cfg, kernel)

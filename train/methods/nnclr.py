@@ -45,6 +45,9 @@ class NNCLR(Method):
     name = "nnclr"
     augment = "asymmetric"  # the released/solo-learn configs use asymmetric.yaml (solarisation on view 2)
     Params = NNCLRParams
+    hex_combine = "replace"   # each half of the loss becomes HEX, with nnclr.temperature
+    hex_temperature = "method"
+    hex_warmup = "cosine"     # released: the raw-cosine eps 0.9 during the warm-up
 
     def __init__(self, params, feat_dim, backbone, hex_term, hex_cfg, kernel="auto"):
         super().__init__(params, feat_dim, backbone, hex_term, hex_cfg, kernel)

@@ -26,7 +26,10 @@ class SimCLRParams(MethodParams):
 class SimCLR(Method):
     name = "simclr"
     Params = SimCLRParams
-    always_hex = True  # `--hex none` still uses the HexTerm (as InfoNCE)
+    hex_combine = "replace"   # HEX is the loss; its tau is simclr.temperature
+    hex_temperature = "method"
+    hex_warmup = "infonce"    # released SimCLR: plain InfoNCE while epoch <= warm-up
+    always_hex = True         # `--hex none` still uses the HexTerm (as InfoNCE)
 
     def __init__(self, params, feat_dim, backbone, hex_term, hex_cfg, kernel="auto"):
         super().__init__(params, feat_dim, backbone, hex_term, hex_cfg, kernel)

@@ -25,6 +25,8 @@ class SimSiamParams(MethodParams):
 class SimSiam(Method):
     name = "simsiam"
     Params = SimSiamParams
+    # as Barlow/VICReg: alpha * HEX added, HEX from epoch 0, tau = hex.temperature
+    hex_combine, hex_warmup, hex_temperature = "add", "off", "hex"
 
     def __init__(self, params, feat_dim, backbone, hex_term, hex_cfg, kernel="auto"):
         super().__init__(params, feat_dim, backbone, hex_term, hex_cfg, kernel)

@@ -28,6 +28,8 @@ class VICRegParams(MethodParams):
 class VICReg(Method):
     name = "vicreg"
     Params = VICRegParams
+    # released VICReg: 5 * alpha * HEX added, HEX from epoch 0, tau = hex.temperature
+    hex_combine, hex_warmup, hex_temperature = "add", "off", "hex"
 
     def __init__(self, params, feat_dim, backbone, hex_term, hex_cfg, kernel="auto"):
         super().__init__(params, feat_dim, backbone, hex_term, hex_cfg, kernel)
