@@ -101,8 +101,10 @@ def _special_mask(m: int, n: int, pos_index: Tensor, self_index: Tensor, device)
     special = torch.zeros(m, n, dtype=torch.bool, device=device)
     rows = torch.arange(m, device=device)
     special[rows, pos_index] = True
-    has_self = self_index >= 0
-    special[rows[has_self], self_index[has_self]] = True
+    # rows without a self entry (-1) write False into column 0, keeping what is there: no boolean
+    # index, which would cost a device sync on a GPU
+    own = self_index.clamp_min(0)
+    special[rows, own] = special[rows, own] | (self_index >= 0)
     return special
 
 
@@ -113,6 +115,14 @@ def _kind_and_value(rule, eps):
             raise ValueError("pass the threshold inside the Rule, not also as eps")
         return rule.kind, rule.value
     return rule, eps
+
+
+def _scalar(value, dtype: torch.dtype, device) -> Tensor:
+    """A Python number or 0-dim tensor as a 0-dim tensor on `device`; a number is filled in there
+    rather than copied from the host (a blocking copy on a GPU)."""
+    if isinstance(value, Tensor):
+        return value.to(device=device, dtype=dtype)
+    return torch.full((), value, dtype=dtype, device=device)
 
 
 def hierarchy_mask(
@@ -132,13 +142,13 @@ def hierarchy_mask(
     if rule == "none":
         return torch.zeros_like(s, dtype=torch.bool)
     if rule == "adaptive":
-        return s > torch.as_tensor(eps, dtype=s.dtype, device=s.device)
+        return s > _scalar(eps, s.dtype, s.device)
     if rule == "fixed":
         lo = s.min(dim=1, keepdim=True).values
         hi = s.max(dim=1, keepdim=True).values
         den = hi - lo
         f = torch.where(den > 0, (s - lo) / torch.where(den > 0, den, torch.ones_like(den)), 0.0)
-        return f > torch.as_tensor(eps, dtype=s.dtype, device=s.device)
+        return f > _scalar(eps, s.dtype, s.device)
     if rule == "groups":
         return anchor_groups.view(-1, 1) == candidate_groups.view(1, -1)
     raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULES)}")
@@ -201,10 +211,10 @@ def hex_stats(eps, hier_count: Tensor, neg_count: Tensor, empty_rows: Tensor, ro
     denominator was empty; rows: M.
     """
     device = hier_count.device
-    eps_value = (
-        torch.tensor(math.nan, dtype=torch.float32, device=device)
+    eps_value = (  # filled / converted on the device: no host-to-device copy (a sync on a GPU)
+        torch.full((), math.nan, dtype=torch.float32, device=device)
         if eps is None
-        else torch.as_tensor(eps, dtype=torch.float32, device=device).detach().float()
+        else _scalar(eps, torch.float32, device).detach()
     )
     return {
         "eps": eps_value.reshape(()),
@@ -212,7 +222,7 @@ def hex_stats(eps, hier_count: Tensor, neg_count: Tensor, empty_rows: Tensor, ro
         "hier_count": hier_count,
         "neg_count": neg_count,
         "empty_rows": empty_rows,
-        "rows": torch.tensor(rows, device=device),
+        "rows": torch.full((), rows, dtype=torch.long, device=device),
     }
 
 

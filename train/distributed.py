@@ -109,7 +109,7 @@ def global_mean_nograd(values: Tensor) -> Tensor:
     values = values.detach()
     if not is_distributed():
         return values.mean()
-    total = all_reduce_sum_nograd(torch.stack([values.sum(), torch.tensor(float(values.numel()), device=values.device, dtype=values.dtype)]))
+    total = all_reduce_sum_nograd(torch.stack([values.sum(), values.new_full((), float(values.numel()))]))
     return total[0] / total[1]
 
 
@@ -134,7 +134,7 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
         xf = x.float()
-        count = torch.tensor([float(x.numel() // x.shape[1])], device=x.device)
+        count = xf.new_full((1,), float(x.numel() // x.shape[1]))  # filled on the device: no host copy
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims), count])
         stats = all_reduce_sum(stats)
         c = x.shape[1]

@@ -53,6 +53,7 @@ class SSLModule(L.LightningModule):
         self.data = data          # train.pretrain.RunData: builds loaders once rank/device are known
         self.history: list[dict] = []   # per-evaluation metrics (for plots and summary.json)
         self._loader = None
+        self._shown_loss = None   # host copy of the loss for the progress bar (see training_step)
 
     # ---------------------------------------------------------------- set-up
     def setup(self, stage=None):
@@ -91,8 +92,9 @@ class SSLModule(L.LightningModule):
             labels = torch.cat([batch[key]] * len(feats))
             logits = probe(detached)
             valid = labels >= 0
-            # sum / global count keeps the probe's gradient independent of the process split
-            probe_loss = F.cross_entropy(logits, labels.clamp_min(0), reduction="none")[valid].sum() / max(len(labels), 1)
+            # sum / global count keeps the probe's gradient independent of the process split;
+            # ignore_index drops unlabelled rows without a boolean index (a host sync on a GPU)
+            probe_loss = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum") / max(len(labels), 1)
             total = total + probe_loss
             logs[f"probe_{name}_loss"] = probe_loss.detach()
             n_valid = valid.sum()  # no host sync: NaN when the batch has no labels
@@ -101,17 +103,30 @@ class SSLModule(L.LightningModule):
         return total, logs
 
     def training_step(self, batch, batch_idx):
+        """One step without a host sync (tests/test_train_sync.py): logged values stay device tensors
+        (Lightning reads them at its logging cadence only), the lr is logged as a host tensor (no
+        host-to-device copy per step), and the progress bar, which Lightning turns into numbers at
+        every step, shows a host copy of the loss taken at the logging cadence."""
         total, logs = self.compute_loss(batch, self.current_epoch)
         stats = logs.pop("hex", None)
         metrics: dict = {f"train/{k}": v.float() for k, v in logs.items()}
         if stats is not None:
             metrics.update({f"hex/{k}": stats[k].float() for k in HEX_LOG_KEYS})
-        metrics["train/lr"] = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+        metrics["train/lr"] = torch.tensor(float(self.trainer.optimizers[0].param_groups[0]["lr"]))
         # no sync_dist: an all-reduce per metric per step would cost more than it tells; the HEX stats
         # are already global (summed in HexTerm), the losses are process 0's
         self.log_dict(metrics, on_step=True, on_epoch=True, sync_dist=False, prog_bar=False)
-        self.log("loss", logs["ssl_loss"].float(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        if self._logging_step():
+            self._shown_loss = torch.tensor(float(logs["ssl_loss"]))  # the one sync, at the cadence
+        if self._shown_loss is not None:
+            self.log("loss", self._shown_loss, prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return total
+
+    def _logging_step(self) -> bool:
+        """Whether Lightning writes the step's metrics to the loggers (its log_every_n_steps rule:
+        after optimizer step k when (k + 1) % n == 0)."""
+        every = self.trainer.log_every_n_steps
+        return every > 0 and (self.global_step + 1) % every == 0
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self.method.after_optimizer_step(self.global_step, self.total_steps, self.backbone)

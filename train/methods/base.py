@@ -103,7 +103,8 @@ def ema_update(online: nn.Module, target: nn.Module, tau: float) -> None:
 class Queue(nn.Module):
     """A FIFO of rows [size, D] (+ optional int labels) kept in buffers, so checkpoints carry it.
 
-    `push(x)` writes the rows of ALL processes (gathered, rank order), wrapping around.
+    `push(x)` writes the rows of ALL processes (gathered, rank order), wrapping around. The write
+    position stays a device tensor, so a push never waits for the device.
     """
 
     def __init__(self, size: int, dim: int, normalized_random: bool = True):
@@ -121,13 +122,13 @@ class Queue(nn.Module):
         if labels is not None:
             labels = D.gather_nograd(labels)
         size, pushed = self.rows.shape[0], x.shape[0]
-        start = int(self.ptr) + max(0, pushed - size)  # a push larger than the queue keeps its last rows
+        start = self.ptr + max(0, pushed - size)  # a push larger than the queue keeps its last rows
         x = x[-size:]
         idx = (start + torch.arange(x.shape[0], device=x.device)) % size
-        self.rows[idx] = x
+        self.rows.index_copy_(0, idx, x)
         if labels is not None:
-            self.labels[idx] = labels[-size:]
-        self.ptr.fill_((int(self.ptr) + pushed) % size)
+            self.labels.index_copy_(0, idx, labels[-size:].to(self.labels.dtype))
+        self.ptr.copy_((self.ptr + pushed) % size)
 
 
 class Method(nn.Module):
