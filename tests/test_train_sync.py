@@ -12,7 +12,8 @@ backward, its configured optimiser (LARS / SGD), EMA update -- under the counter
 The HEX loss validates tensor *values* (finite embeddings, index ranges) for CPU tensors always,
 and for CUDA tensors only in its "full" validation mode (`hexfast.hex_loss.set_validation`): those
 checks are host reads by design. A GPU run uses the default "cheap" mode, so the step is measured
-here as the GPU runs it: with the value checks off, as `_check_values` answers for CUDA tensors.
+here as the GPU runs it: with the value checks off, as `hexfast.validate.values_checked` answers for
+CUDA tensors in that mode.
 """
 import collections
 
@@ -20,7 +21,7 @@ import lightning as L
 import pytest
 import torch
 
-import hexfast.hex_loss as hex_loss_module
+import hexfast.validate as validate_module
 from train import pretrain
 from train.config import METHOD_NAMES
 from train.data import augment_preset, load_dataset, make_pretrain_loader
@@ -53,7 +54,7 @@ class _TagSteps(L.Callback):
 
 
 def _run(tmp_path, method, mode, monkeypatch):
-    monkeypatch.setattr(hex_loss_module, "_check_values", lambda t: False)  # see the module docstring
+    monkeypatch.setattr(validate_module, "values_checked", lambda t: False)  # see the module docstring
     monkeypatch.setattr("train.diagnostics.finish_run", lambda *a, **k: {})  # plots: not a step, and slow
     argv = ["--method", method, "--hex", mode, "--backbone", "tiny", "--batch-size", "32", "--kernel", "torch",
             "--loader", "torchvision", "--epochs", str(EPOCHS), "--out", str(tmp_path / "run"),
@@ -82,7 +83,7 @@ def test_no_host_sync_outside_the_logging_cadence(tmp_path, monkeypatch, method,
 
 @pytest.mark.parametrize("method,mode", STEP_CASES)
 def test_training_step_of_every_method_is_sync_free(monkeypatch, method, mode):
-    monkeypatch.setattr(hex_loss_module, "_check_values", lambda t: False)  # see the module docstring
+    monkeypatch.setattr(validate_module, "values_checked", lambda t: False)  # see the module docstring
     torch.manual_seed(0)
     ds = load_dataset("fashion-mnist-small").subset(torch.arange(64).numpy())
     cfg = tiny_config(method, mode)
