@@ -242,6 +242,97 @@ def _check_hex(h: HexConfig) -> None:
         raise ConfigError(str(err)) from err
 
 
+@dataclass(frozen=True)
+class Range:
+    """A numeric interval: lo / hi bounds (None = unbounded), open or closed; `sentinel` is one
+    extra value with a meaning of its own (e.g. max_steps -1 = no limit)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    sentinel: float | None = None
+
+    def __contains__(self, v) -> bool:
+        if self.sentinel is not None and v == self.sentinel:
+            return True
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+    def __str__(self) -> str:
+        def num(x):
+            return str(int(x)) if float(x).is_integer() else repr(x)
+
+        if self.lo is not None and self.hi is not None:
+            text = f"in {'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            text = f"{'>' if self.lo_open else '>='} {num(self.lo)}"
+        else:
+            text = f"{'<' if self.hi_open else '<='} {num(self.hi)}"
+        return text if self.sentinel is None else f"{num(self.sentinel)} or {text}"
+
+
+POSITIVE, NON_NEGATIVE, AT_LEAST_1 = Range(0, lo_open=True), Range(0), Range(1)
+UNIT, UNIT_OPEN_TOP = Range(0, 1), Range(0, 1, hi_open=True)
+# The valid range of every numeric field outside the hex section (which hexfast.validate checks,
+# in _check_hex). Cross-field rules (batch over processes, fixed_min <= fixed_start, ...) follow
+# in validate().
+RANGES = {
+    "data.num_workers": NON_NEGATIVE, "data.image_size": NON_NEGATIVE,   # 0 = the dataset's size
+    "data.train_subset": NON_NEGATIVE, "data.eval_subset": NON_NEGATIVE,  # 0 = all
+    "model.tiny_width": AT_LEAST_1,
+    "optim.momentum": UNIT_OPEN_TOP, "optim.lars_eta": POSITIVE, "optim.warmup_epochs": NON_NEGATIVE,
+    "optim.warmup_start_factor": UNIT, "optim.min_lr_factor": UNIT, "optim.classifier_lr": POSITIVE,
+    "optim.adamw_betas": UNIT_OPEN_TOP,                                   # each of the two
+    "train.epochs": AT_LEAST_1, "train.batch_size": AT_LEAST_1, "train.max_steps": Range(1, sentinel=-1),
+    "train.devices": AT_LEAST_1, "train.num_nodes": AT_LEAST_1, "train.seed": Range(0, 2 ** 32, hi_open=True),
+    "train.checkpoint_every_steps": NON_NEGATIVE, "train.log_every_steps": AT_LEAST_1,   # 0 = per epoch
+    "eval.knn_k": AT_LEAST_1, "eval.knn_temperature": POSITIVE, "eval.every_epochs": AT_LEAST_1,
+    "eval.max_bank": NON_NEGATIVE,                                        # 0 = the whole train split
+}
+# Method sections: by field name, the same in every method (a method's check() adds its own rules).
+METHOD_RANGES = {
+    "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "temperature": POSITIVE, "queue_size": AT_LEAST_1,
+    "proj_hidden_dim": AT_LEAST_1, "proj_output_dim": AT_LEAST_1, "pred_hidden_dim": AT_LEAST_1,
+    "momentum": UNIT, "final_momentum": UNIT, "transformer_layers": AT_LEAST_1, "transformer_heads": AT_LEAST_1,
+    "transformer_dropout": UNIT_OPEN_TOP, "transformer_lr": POSITIVE, "lamb": NON_NEGATIVE,
+    "scale_loss": POSITIVE, "sim_loss_weight": NON_NEGATIVE, "var_loss_weight": NON_NEGATIVE,
+    "cov_loss_weight": NON_NEGATIVE,
+}
+
+
+def range_of(key: str) -> Range | None:
+    """The Range of dotted config key `key` (None: the hex section, or not numeric)."""
+    if key in RANGES:
+        return RANGES[key]
+    section, _, name = key.partition(".")
+    return METHOD_RANGES.get(name) if section in METHOD_NAMES else None
+
+
+def _check_ranges(cfg: Config) -> None:
+    for key, value in _numeric_fields(cfg):
+        rng = range_of(key)
+        if rng is None:
+            if not key.startswith("hex."):
+                raise ConfigError(f"{key}: no valid range is declared for this field (train/config.py RANGES)")
+            continue
+        for v in value if isinstance(value, tuple) else (value,):
+            if v not in rng:
+                raise ConfigError(f"{key} must be {rng}, got {value if isinstance(value, tuple) else v}")
+
+
+def _numeric_fields(obj, prefix: str = ""):
+    """(dotted key, value) of every int / float / tuple-of-numbers field of a config."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numeric_fields(value, f"{prefix}{f.name}.")
+        elif hints[f.name] in (int, float, tuple):
+            yield f"{prefix}{f.name}", value
+
+
 def validate(cfg: Config) -> Config:
     """Choices and ranges that the types alone do not catch. Returns cfg; raises ConfigError."""
     _check_choices(cfg)
@@ -251,17 +342,14 @@ def validate(cfg: Config) -> Config:
         if not cond:
             raise ConfigError(msg)
 
-    need(t.epochs >= 1, f"train.epochs must be >= 1, got {t.epochs}")
-    need(t.devices >= 1 and t.num_nodes >= 1, "train.devices and train.num_nodes must be >= 1")
+    _check_ranges(cfg)
     world = t.devices * t.num_nodes
     need(t.batch_size >= 2 * world, f"train.batch_size ({t.batch_size}) needs >= 2 samples per process ({world} processes)")
     need(t.batch_size % world == 0, f"train.batch_size ({t.batch_size}) must divide evenly over {world} processes")
-    need(t.max_steps == -1 or t.max_steps >= 1, f"train.max_steps must be -1 or >= 1, got {t.max_steps}")
     _check_hex(h)
-    need(cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0")
-    need(cfg.eval.knn_k >= 1 and cfg.eval.every_epochs >= 1, "eval.knn_k and eval.every_epochs must be >= 1")
-    need(cfg.data.num_workers >= 0 and cfg.data.image_size >= 0, "data.num_workers and data.image_size must be >= 0")
-    need(cfg.data.train_subset >= 0 and cfg.data.eval_subset >= 0, "data.train_subset and data.eval_subset must be >= 0")
+    e = cfg.eval
+    need(e.max_bank == 0 or e.max_bank >= e.knn_k,
+         f"eval.max_bank ({e.max_bank}) must be 0 (the whole train split) or >= eval.knn_k ({e.knn_k})")
     try:
         cfg.params.check(cfg)  # method-specific ranges (queue sizes, ...)
     except ConfigError:
@@ -300,7 +388,7 @@ def parse_override(item: str) -> dict:
     if not key:
         raise ConfigError(f"override {item!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: cannot parse the value ({err})") from err
     if value is None:
@@ -330,23 +418,71 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (PyYAML's own
+    loader keeps the last value silently, so a forgotten duplicate would quietly win). Keys a merge
+    (<<) brings in may still be overridden, as YAML defines."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+                if first is not key_node:
+                    raise _DuplicateKey(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                        f"(first given at line {first.start_mark.line + 1})")
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str):
+    """YAML text -> Python values (safe types only; duplicate keys are an error)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def load_yaml(path: str | Path) -> dict:
+    """The mapping in YAML file `path`; ConfigError naming the file when it is missing, not UTF-8,
+    not valid YAML, has a duplicate key or is not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    with open(path) as fh:
-        try:
-            data = yaml.safe_load(fh) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path}: invalid YAML ({err})") from err
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not UTF-8 text (undecodable byte 0x{raw[err.start]:02x} at "
+                          f"offset {err.start}); save it as UTF-8 YAML") from err
+    try:
+        data = parse_yaml(text)
+    except _DuplicateKey as err:
+        raise ConfigError(f"config file {path}: {err}; give each key once") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: invalid YAML ({err})") from err
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: the top level must be a mapping of keys")
     return data
 
 
 def save_yaml(cfg: Config, path: str | Path) -> None:
-    with open(path, "w") as fh:
+    """Write the config as YAML, atomically (a crash mid-write never leaves half a file)."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as fh:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+    os.replace(tmp, path)
 
 
 def config_hash(cfg: Config) -> str:

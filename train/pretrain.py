@@ -95,6 +95,15 @@ def check_environment(cfg: C.Config) -> None:
             raise C.ConfigError(f"--kernel triton: the fused kernel cannot be imported ({err}); use --kernel torch") from err
     if cfg.train.accelerator == "gpu" and not gpu:
         raise C.ConfigError("train.accelerator=gpu but no CUDA GPU is available; use auto or cpu")
+    devices = cfg.train.devices
+    if gpu and cfg.train.accelerator != "cpu":
+        have, what = torch.cuda.device_count(), "CUDA GPU"
+    else:
+        have = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        what = "CPU core"
+    if devices > have:
+        raise C.ConfigError(f"train.devices ({devices}) exceeds the {have} {what}{'s' if have != 1 else ''} "
+                            f"of this machine; use --devices {have} or fewer")
     if cfg.data.loader == "dali":
         from train.data import dali_available
 
