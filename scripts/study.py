@@ -518,6 +518,12 @@ def report(design: Design, results: Path, plots: Path, link_from: Path | None = 
               "(mean ± sample std over the seeds finished).", ""]
     machines = sorted({r["run"].get("machine", "?") for runs in data.values() for r in runs.values()})
     lines += [f"Machine: {'; '.join(machines)}.", ""]
+    commits: dict = {}
+    for name, runs in data.items():
+        for seed, r in sorted(runs.items()):
+            commits.setdefault(r["run"].get("commit", "not recorded"), []).append(f"{name} s{seed}")
+    lines += ["Code commit of the runs (full id in each run.json): "
+              + "; ".join(f"{c[:12] if c != 'not recorded' else c}: {len(v)} runs" for c, v in commits.items()) + ".", ""]
 
     # per-arm table, the floor first
     lines += ["| arm | seeds | " + " | ".join(lab for _, lab in METRICS) + " | wall-clock / run |",
