@@ -29,6 +29,7 @@ on first use). `hexfast.hex_loss` resolves kernel="auto" to one of them.
 
 from __future__ import annotations
 
+import importlib
 from typing import Protocol
 
 from torch import Tensor
@@ -88,10 +89,22 @@ def load(name: str) -> Backend:
     if name != "triton":
         raise ValueError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
     try:
-        from kernels import backend
+        return _kernel_backend()
     except ImportError as err:
         raise KernelUnavailableError(
             "kernel='triton' is unavailable: importing the fused kernel (kernels.backend) "
             f"failed ({err}). Check that triton is installed (pip install triton), or use kernel='torch'."
         ) from err
-    return backend
+
+
+def _kernel_backend():
+    """kernels/backend.py: `hexfast._kernels.backend` in an installed hexfast (the wheel carries the
+    kernels there, never as a top-level package), else the checkout's top-level `kernels`."""
+    try:
+        importlib.import_module("hexfast._kernels")
+    except ModuleNotFoundError as err:
+        if err.name != "hexfast._kernels":
+            raise
+        importlib.import_module("kernels")  # raises if blocked or absent, before a cached submodule is used
+        return importlib.import_module("kernels.backend")
+    return importlib.import_module("hexfast._kernels.backend")

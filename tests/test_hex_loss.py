@@ -39,6 +39,7 @@ def views(batch=6, dim=5, seed=0, dtype=torch.float32, scale=1.0):
 def no_kernels(monkeypatch):
     """Make `from kernels import ...` fail, whatever the kernels package holds today."""
     monkeypatch.setitem(sys.modules, "kernels", None)
+    monkeypatch.setitem(sys.modules, "hexfast._kernels", None)  # the installed copy's name
     monkeypatch.setattr(api, "_warned_fallback", False)
 
 
@@ -182,6 +183,7 @@ def test_triton_dispatch_passes_the_resolved_rule_to_the_backend(monkeypatch):
     fake.backend = fake_backend
     monkeypatch.setitem(sys.modules, "kernels", fake)
     monkeypatch.setitem(sys.modules, "kernels.backend", fake_backend)
+    monkeypatch.setitem(sys.modules, "hexfast._kernels", None)  # an editable install's copy of kernels/
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     z1, z2 = views()
     assert torch.equal(hex_loss(z1, z2, kernel="triton", threshold=0.4), hex_loss(z1, z2, kernel="torch", threshold=0.4))

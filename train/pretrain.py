@@ -88,10 +88,11 @@ def check_environment(cfg: C.Config) -> None:
         raise C.ConfigError("--kernel triton needs a CUDA GPU (none found). Use --kernel torch or auto, or set "
                             "TRITON_INTERPRET=1 to run the kernel under the (slow) Triton interpreter")
     if cfg.kernel == "triton":
+        from hexfast.backend import KernelUnavailableError, load
+
         try:
-            import kernels  # noqa: F401
-            from kernels import hex_loss_triton  # noqa: F401
-        except ImportError as err:
+            load("triton")
+        except KernelUnavailableError as err:
             raise C.ConfigError(f"--kernel triton: the fused kernel cannot be imported ({err}); use --kernel torch") from err
     if cfg.train.accelerator == "gpu" and not gpu:
         raise C.ConfigError("train.accelerator=gpu but no CUDA GPU is available; use auto or cpu")
