@@ -25,14 +25,14 @@ from dataclasses import dataclass
 import torch
 
 from train.methods import METHODS
-from train.methods.base import Method, MethodParams, mlp
+from train.methods.base import Method, MethodParams, mlp, ranged
 
 
 @dataclass
 class ToyParams(MethodParams):
     lr: float = 0.05
     temperature: float = 0.37
-    proj_dim: int = 8
+    proj_dim: int = ranged(8, lo=1)
 
 
 class Toy(Method):

@@ -307,7 +307,12 @@ def range_of(key: str) -> Range | None:
     if key in RANGES:
         return RANGES[key]
     section, _, name = key.partition(".")
-    return METHOD_RANGES.get(name) if section in METHOD_NAMES else None
+    if section not in METHOD_NAMES:
+        return None
+    declared = {f.name: f for f in dataclasses.fields(METHODS[section].Params)}.get(name)
+    if declared is not None and "range" in declared.metadata:  # declared in the method's file (base.ranged)
+        return Range(**declared.metadata["range"])
+    return METHOD_RANGES.get(name)
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -315,7 +320,8 @@ def _check_ranges(cfg: Config) -> None:
         rng = range_of(key)
         if rng is None:
             if not key.startswith("hex."):
-                raise ConfigError(f"{key}: no valid range is declared for this field (train/config.py RANGES)")
+                raise ConfigError(f"{key}: no valid range is declared for this field (train/config.py RANGES, or "
+                                  "train.methods.base.ranged in the method's Params)")
             continue
         for v in value if isinstance(value, tuple) else (value,):
             if v not in rng:

@@ -35,6 +35,13 @@ def choice(default, choices):
     return field(default=default, metadata={"choices": tuple(choices)})
 
 
+def ranged(default, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False):
+    """A numeric Params field with its valid range [lo, hi] (None = unbounded; open ends optional),
+    checked by `train.config.validate` like every numeric field. Fields named as in
+    train.config.METHOD_RANGES (lr, temperature, queue_size, ...) need no declaration."""
+    return field(default=default, metadata={"range": dict(lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)})
+
+
 @dataclass
 class MethodParams:
     """Fields every method has; each method's subclass sets the defaults of supplement Table 6."""
