@@ -97,3 +97,25 @@ def test_a_resume_that_fails_on_its_data_leaves_the_folder_as_it_was(run_copy, c
 def test_every_resumable_key_exists():
     keys = set(rundir._flat(C.to_dict(C.Config())))
     assert set(rundir.RESUMABLE) <= keys
+
+
+def test_resume_with_max_steps_from_an_epoch_end_equals_the_uninterrupted_run(tmp_path):
+    """With max_steps set, Lightning re-entered the finished epoch of an end-of-epoch checkpoint:
+    one batch too many there and the run ended an epoch early (8 of 10 steps)."""
+    import torch
+
+    from tests.test_train_cli import STEPS_PER_EPOCH, Crash, CrashAt
+
+    args = TINY + ["--epochs", "3", "--max-steps", "10"]
+    full = pretrain.run(pretrain.resolve(args + ["--out", str(tmp_path / "full")]))
+    cut = tmp_path / "cut"
+    with pytest.raises(Crash):
+        pretrain.run(pretrain.resolve(args + ["--out", str(cut)]), extra_callbacks=[CrashAt(STEPS_PER_EPOCH + 2).callback])
+    assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS_PER_EPOCH
+    resumed = pretrain.run(pretrain.resolve(["--out", str(cut), "--resume"]))
+    assert resumed["steps"] == full["steps"] == 10
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    assert [h["knn_fine"] for h in full["history"]] == [h["knn_fine"] for h in resumed["history"]]

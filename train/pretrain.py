@@ -312,7 +312,7 @@ def run(cfg: C.Config, extra_callbacks=()) -> dict:
             lock.abandon()  # nothing written yet: leave no (empty) run folder behind
         raise
     try:
-        trainer = build_trainer(cfg, out, extra_callbacks, resume_step)
+        trainer = build_trainer(cfg, out, [rundir.resume_callback(), *extra_callbacks], resume_step)
         if trainer.is_global_zero and lock is None:  # a launcher whose ranks the environment did not tell
             lock = rundir.RunLock(out).acquire()
         if trainer.is_global_zero:

@@ -133,6 +133,37 @@ def _refused_global(err: Exception) -> str:
     return f"it references {found.group(1)}" if found else _first_line(err)
 
 
+def complete_saved_epoch(checkpoint: dict) -> None:
+    """Mark an epoch whose last batch had run when the checkpoint was saved as completed (in memory).
+
+    The checkpoint is written in on_train_epoch_end, before Lightning counts the epoch as completed.
+    Lightning fixes that up itself on resume, except when max_steps is set ("iteration-based"
+    training): then it re-enters the finished epoch, runs one batch too many in it and ends the run
+    an epoch early. Completing the epoch here makes both cases resume at the next epoch's start.
+    """
+    fit = checkpoint.get("loops", {}).get("fit_loop")
+    if not fit or "epoch_progress" not in fit or "epoch_loop.batch_progress" not in fit:
+        return
+    epochs, batches = fit["epoch_progress"], fit["epoch_loop.batch_progress"]
+    cur = epochs["current"]
+    if batches.get("is_last_batch") and cur["ready"] == cur["started"] == cur["processed"] == cur["completed"] + 1:
+        for part in ("total", "current"):
+            epochs[part]["completed"] = epochs[part]["processed"]
+        batches["current"] = {k: 0 for k in batches["current"]}
+        batches["is_last_batch"] = False
+
+
+def resume_callback():
+    """A Lightning callback applying complete_saved_epoch to the checkpoint a run resumes from."""
+    from lightning.pytorch.callbacks import Callback
+
+    class CompleteSavedEpoch(Callback):
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+            complete_saved_epoch(checkpoint)
+
+    return CompleteSavedEpoch()
+
+
 def check_out(out: Path) -> None:
     """Refuse an --out that is a file or cannot be created, without creating anything."""
     out = Path(out)
