@@ -9,9 +9,9 @@ Each call: every argument is checked once (`hexfast.validate`), the hierarchy ru
 into a `hexfast.rules.Rule`, and one backend of the protocol in `hexfast.backend` computes the loss.
 The semantics are those of `hexfast.reference` (the spec); see that module's docstring. In short:
 the defaults (w = 0, positive not in the denominator) reproduce the authors' released code, which
-also adds the constant (2B - 2) e^{-1/t} inside its log. That constant has no gradient and only
-shifts the logged value, so it is left out here: values differ from the released code's logs, gradients
-do not differ.
+also adds the constant (2B - 2) e^{-1/t} to the loss. That constant has no gradient and only shifts
+the logged value, so it is left out here: values differ from the released code's logs by exactly that
+constant, gradients do not differ.
 
 Validation cost: see `hexfast.validate` (value checks run for CPU tensors always, for CUDA tensors
 only after `set_validation("full")` or with HEXFAST_CHECK_FINITE=1 at import time).

@@ -19,8 +19,9 @@ Rules for H(i):
     groups    g(i) == g(k)  (supervised superclass variant)
     none      H empty
 
-The released code adds the constant (2B - 2) e^{-1/t} to the denominator (a hard-negative term that
-always clamps to its floor). It has no gradient and only shifts the logged value, so it is left out.
+The released code adds the constant (2B - 2) e^{-1/t} to every row's loss (a hard-negative term,
+subtracted from its log-probability, that always clamps to its floor). It has no gradient and only
+shifts the logged value, so it is left out: released loss = this loss + (2B - 2) e^{-1/t}.
 
 A row whose denominator is empty (w = 0, positive excluded, every negative hierarchical: a collapsed
 batch, a one-group `groups`) contributes l_i = 0 with zero gradient -- exactly what it would give with

@@ -144,3 +144,18 @@ def test_mocov2_momentum_rises_to_its_final_value():
     assert cosine_momentum(p.momentum, 100, 100, final=p.final_momentum) == pytest.approx(0.999)
     with pytest.raises(C.ConfigError, match="final_momentum"):
         C.from_dict({"method": "mocov2", "mocov2": {"final_momentum": 0.5}})
+
+
+def test_all4one_combined_variant_sums_nnclr_with_its_hex_and_keeps_attention_standard():
+    """all4one.hex_variant=combined is the released 'combined_adaptive': standard NNCLR + HEX in the
+    nnclr term, the attention term standard."""
+    batch = fake_batch(seed=0)
+    logs = {}
+    for name, mode, sections in (("both", "adaptive", {}), ("combined", "adaptive", {"all4one": {"hex_variant": "combined"}}),
+                                 ("standard", "none", {})):
+        module = make_module("all4one", mode, **sections)
+        torch.manual_seed(1)  # the same dropout masks in the transformer
+        logs[name] = module.compute_loss(batch, epoch=5)[1]
+    torch.testing.assert_close(logs["combined"]["att_loss"], logs["standard"]["att_loss"])
+    torch.testing.assert_close(logs["combined"]["nnclr_loss"], logs["both"]["nnclr_loss"] + logs["standard"]["nnclr_loss"])
+    assert not torch.allclose(logs["both"]["att_loss"], logs["standard"]["att_loss"])

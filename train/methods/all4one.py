@@ -8,8 +8,11 @@ Loss (released code, solo-learn's `all4one.py`): 0.5 att + 0.5 nnclr + 0.5 featu
               of the momentum and online projections normalised over the batch, both directions.
 rich_i = transformer(pos_enc(NN_k(zm_i)))[0]; strange_i = transformer(pos_enc([p2_i; NN_{k-1}(zm_i)]))[0];
 NNs are looked up with the momentum projections in a queue of momentum projections.
-HEX integration (released code, spec §4): the nnclr and attention terms become two-view HEX of
-cat[nn, p] / cat[rich, strange] (first nearest neighbour), the warm-up using eps = 0.9.
+HEX integration (released code, spec §4), all4one.hex_variant:
+    both      the nnclr and attention terms become two-view HEX of cat[nn, p] / cat[rich, strange]
+              (first nearest neighbour), the warm-up using eps = 0.9 (released type 'adaptive')
+    combined  nnclr = standard nnclr + its HEX (summed), attention term standard (released type
+              'combined_adaptive')
 Multi-process: per-row terms average local rows; the feature term uses gathered projections.
 """
 from __future__ import annotations
@@ -22,7 +25,8 @@ from torch import nn
 
 from train import distributed as D
 from train.hexterm import HexTerm
-from train.methods.base import Method, MethodParams, Queue, StepInput, cosine_momentum, ema_update, mlp, momentum_copy
+from train.methods.base import (Method, MethodParams, Queue, StepInput, choice, cosine_momentum, ema_update, mlp,
+                                momentum_copy)
 from train.methods.nnclr import contrastive_rect
 
 NUM_NEIGHBOURS = 5      # the released code's sequence length (topk 5, PositionalEncodingPermute1D(5))
@@ -43,6 +47,7 @@ class All4OneParams(MethodParams):
     transformer_heads: int = 8
     transformer_dropout: float = 0.1
     transformer_lr: float = 0.1       # released: the transformer's own lr (not batch-scaled)
+    hex_variant: str = choice("both", ("both", "combined"))  # see the module docstring
 
     def check(self, cfg) -> None:
         if self.proj_output_dim % self.transformer_heads:
@@ -130,9 +135,15 @@ class All4One(Method):
 
         n1, stats = self.term(self.hex, nn1[:, 0], p2, self.p.temperature, step)
         n2, _ = self.term(self.hex, nn2[:, 0], p1, self.p.temperature, step)
-        a1, _ = self.term(self.att_hex, rich1, strange2, ATT_TEMPERATURE, step)
-        a2, _ = self.term(self.att_hex, rich2, strange1, ATT_TEMPERATURE, step)
+        combined = self.hex is not None and self.p.hex_variant == "combined"
+        att_hex = None if combined else self.att_hex
+        a1, _ = self.term(att_hex, rich1, strange2, ATT_TEMPERATURE, step)
+        a2, _ = self.term(att_hex, rich2, strange1, ATT_TEMPERATURE, step)
         nnclr, att = (n1 + n2) / 2, (a1 + a2) / 2
+        if combined:  # the standard nnclr term as well, summed with its HEX
+            s1, _ = self.term(None, nn1[:, 0], p2, self.p.temperature, step)
+            s2, _ = self.term(None, nn2[:, 0], p1, self.p.temperature, step)
+            nnclr = nnclr + (s1 + s2) / 2
         nn_acc = (self.queue.labels[idx1] == step.fine).float().mean()
         self.queue.push(m1, step.fine)
         logs = {"nnclr_loss": nnclr.detach(), "att_loss": att.detach(), "feature_loss": feature.detach(), "nn_acc": nn_acc}

@@ -22,7 +22,7 @@ class BarlowParams(MethodParams):
     weight_decay: float = 1e-4
     proj_hidden_dim: int = 2048       # Table 6: 2048-2048
     proj_output_dim: int = 2048
-    lamb: float = 0.0051              # off-diagonal weight (Table 6)
+    lamb: float = 0.0051              # off-diagonal weight: solo-learn's default (Table 6 gives none)
     scale_loss: float = 0.1           # Table 6
 
 
