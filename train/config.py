@@ -1,9 +1,10 @@
 """One typed config for pretraining: every default in one place, a comment per field.
 
 The top-level defaults are the README's "main job": SimCLR + HEX (adaptive) on the embedded
-Fashion-MNIST subset with a tiny CNN, finishing in a few minutes on a 2-core CPU. The per-method
-sections hold the baseline hyperparameters of the HEX supplement, Table 6 (solo-learn's CIFAR
-settings); `configs/*.yaml` hold the paper-scale runs.
+Fashion-MNIST subset with a tiny CNN, sized for a 2-core CPU (the README's Quick start gives its
+measured wall time). The per-method sections (one per entry of train.methods.METHODS) hold the
+baseline hyperparameters of the HEX supplement, Table 6 (solo-learn's CIFAR settings);
+`configs/*.yaml` hold the paper-scale runs.
 
 Sources of values, in order (later wins): the dataclass defaults, `--config FILE.yaml`, the named CLI
 flags, `key=value` overrides (dotted keys, values parsed as YAML). Unknown keys, wrong types and
@@ -101,7 +102,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10                  # pretraining epochs (the main job: ~2-3 min on a 2-core CPU)
+    epochs: int = 10                  # pretraining epochs (the main job's; its run time: README, Quick start)
     batch_size: int = 256             # GLOBAL batch (split evenly over devices x nodes)
     max_steps: int = -1               # stop after this many optimizer steps (smoke runs); -1 = epochs x steps
     devices: int = 1                  # processes per node (GPUs, or CPU processes with gloo)
