@@ -291,17 +291,10 @@ def hex_square(
     pos_index, self_index = square_indices(batch, s.device)
     if rule.needs_quantiles:
         rule = rule.with_cosine_threshold(row_quantiles(s, rule.quantile).mean())
-    return hex_from_similarities(
-        s,
-        pos_index,
-        self_index,
-        temperature=temperature,
-        rule=rule,
-        hierarchy_weight=hierarchy_weight,
-        positive_in_denominator=positive_in_denominator,
-        anchor_groups=groups,
-        candidate_groups=groups,
-    )
+    settings = dict(temperature=temperature, hierarchy_weight=hierarchy_weight,
+                    positive_in_denominator=positive_in_denominator)
+    return hex_from_similarities(s, pos_index, self_index, rule=rule, anchor_groups=groups, candidate_groups=groups,
+                                 **settings)
 
 
 def candidate_quantiles(anchors: Tensor, candidates: Tensor, q: float) -> Tensor:

@@ -128,28 +128,27 @@ def check_weight(hierarchy_weight, name: str = "hierarchy_weight") -> float:
     return w
 
 
+def check_interval(name: str, value, lo: float, hi: float, what: str = "") -> float:
+    """A real number in the closed interval [lo, hi]; `what` says what the number is."""
+    v = check_real(name, value)
+    if not lo <= v <= hi:
+        raise HEXInputError(f"{name}{f' ({what})' if what else ''} must lie in [{lo:g}, {hi:g}], got {v}")
+    return v
+
+
 def check_unit(name: str, value) -> float:
     """A real number in [0, 1]."""
-    v = check_real(name, value)
-    if not 0.0 <= v <= 1.0:
-        raise HEXInputError(f"{name} must lie in [0, 1], got {v}")
-    return v
+    return check_interval(name, value, 0.0, 1.0)
 
 
 def check_cosine(name: str, value) -> float:
     """A number on the cosine scale, [-1, 1] (e.g. a warm-up's raw-cosine threshold)."""
-    v = check_real(name, value)
-    if not -1.0 <= v <= 1.0:
-        raise HEXInputError(f"{name} (a raw cosine) must lie in [-1, 1], got {v}")
-    return v
+    return check_interval(name, value, -1.0, 1.0, "a raw cosine")
 
 
 def check_fixed_threshold(name: str, value) -> float:
     """A threshold of the fixed rule: on the per-row min-max normalised cosine, so in [0, 1]."""
-    e = check_real(name, value)
-    if not 0.0 <= e <= 1.0:
-        raise HEXInputError(f"{name} (fixed threshold on the min-max normalised cosine) must lie in [0, 1], got {e}")
-    return e
+    return check_interval(name, value, 0.0, 1.0, "fixed threshold on the min-max normalised cosine")
 
 
 def check_threshold(threshold):
