@@ -18,8 +18,8 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 BUNDLED = {"kernels": "hexfast._kernels", "train": "hexfast._train"}
-_IMPORT = re.compile(r"^(?P<indent>[ \t]*)(?P<kw>from|import)[ \t]+(?P<top>kernels|train)(?P<sub>(\.\w+)*)\b(?P<tail>.*)$",
-                     re.M)
+_IMPORT = re.compile(
+    r"^(?P<indent>[ \t]*)(?P<kw>from|import)[ \t]+(?P<top>kernels|train)(?P<sub>(\.\w+)*)\b(?P<tail>.*)$", re.M)
 
 
 def rewrite_imports(source: str, path: str = "<source>") -> str:
@@ -34,7 +34,8 @@ def rewrite_imports(source: str, path: str = "<source>") -> str:
         if tail.lstrip().startswith("as "):
             return f"{indent}import {target}{tail}"
         if sub_:
-            raise SystemExit(f"{path}: `import {top}{sub_}` binds the top-level name {top!r}; write `from {top} import ...`")
+            raise SystemExit(
+                f"{path}: `import {top}{sub_}` binds the top-level name {top!r}; write `from {top} import ...`")
         return f"{indent}import {target} as {top}{tail}"
 
     return _IMPORT.sub(sub, source)

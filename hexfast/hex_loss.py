@@ -308,7 +308,8 @@ def _rect_rule(rule, threshold, name: str) -> Rule:
     return Rule(rule)
 
 
-def candidate_row_quantiles(anchors: Tensor, candidates: Tensor, quantile: float = 0.99, kernel: str = "auto") -> Tensor:
+def candidate_row_quantiles(anchors: Tensor, candidates: Tensor, quantile: float = 0.99,
+                            kernel: str = "auto") -> Tensor:
     """Nearest-rank `quantile` of each row of the cosine similarities of anchors [M, D] vs candidates [N, D].
 
     Returns [M] (float32; float64 for float64 input, as the reference), no gradient. The adaptive

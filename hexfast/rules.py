@@ -39,13 +39,15 @@ class Rule:
         object.__setattr__(self, "quantile", V.check_quantile(self.quantile))
         if self.kind == "fixed":
             if self.value is None:
-                raise HEXInputError("Rule('fixed') needs value, the threshold in [0, 1] on the min-max normalised cosine")
+                raise HEXInputError(
+                    "Rule('fixed') needs value, the threshold in [0, 1] on the min-max normalised cosine")
             object.__setattr__(self, "value", V.check_fixed_threshold("threshold", self.value))
         elif self.kind == "adaptive":
             if self.value is not None:
                 object.__setattr__(self, "value", V.check_cosine_threshold(self.value))
         elif self.value is not None:
-            raise HEXInputError(f"a value is used only by rules 'adaptive' and 'fixed', got Rule({self.kind!r}, value=...)")
+            raise HEXInputError(
+                f"a value is used only by rules 'adaptive' and 'fixed', got Rule({self.kind!r}, value=...)")
 
     @property
     def needs_quantiles(self) -> bool:

@@ -1,7 +1,8 @@
 """Threshold rules and schedules for HEX: pure functions of the epoch, named, checkpointable.
 
 A schedule maps an epoch (0-based, like Lightning's `current_epoch`, which the released code uses)
-to a `HexSettings`: the `Rule` and loss settings of `hex_loss` in that epoch. It holds no hidden state, so a resumed run gets
+to a `HexSettings`: the `Rule` and loss settings of `hex_loss` in that epoch. It holds no hidden
+state, so a resumed run gets
 exactly the thresholds the uninterrupted run would have had; `state_dict()`/`load_state_dict()` carry
 its parameters through a checkpoint so that the resumed run also uses the same *settings*.
 

@@ -213,7 +213,8 @@ def check_same(name_a: str, a: Tensor, name_b: str, b: Tensor, *, same_rows: boo
 def check_not_meta(name: str, z: Tensor) -> None:
     """Meta tensors have a shape but no values: nothing to compute on (checked after the device match)."""
     if z.is_meta:
-        raise HEXInputError(f"{name} is a meta tensor (a shape without values): HEX needs real values, on the CPU or a GPU")
+        raise HEXInputError(
+            f"{name} is a meta tensor (a shape without values): HEX needs real values, on the CPU or a GPU")
 
 
 def check_labels(name: str, labels, rows: int, device: torch.device) -> None:

@@ -75,7 +75,8 @@ def test_install_beside_pypi_kernels(tmp_path):
         shutil.copy(ROOT / name, src / name)
     for name in ("hexfast", "kernels", "train"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src])
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
+          src])
     wheel = next((tmp_path / "dist").glob("hexfast-*.whl"))
 
     # a fresh environment that sees this one's packages, minus hexfast's own install
@@ -87,8 +88,8 @@ def test_install_beside_pypi_kernels(tmp_path):
     view.mkdir()
     for base in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]):
         for entry in Path(base).iterdir():
-            if not entry.name.lower().startswith(("hexfast", "__editable__", "_hexfast")) and not entry.name.endswith(".pth") \
-                    and not (view / entry.name).exists():
+            own = entry.name.lower().startswith(("hexfast", "__editable__", "_hexfast"))
+            if not own and not entry.name.endswith(".pth") and not (view / entry.name).exists():
                 (view / entry.name).symlink_to(entry)
     (purelib / "_shared_packages.pth").write_text(f"{view}\n")
     pip = [sys.executable, "-m", "pip", "--python", vpy, "install", "-q"]

@@ -154,7 +154,7 @@ def _method_sections() -> list:
 # The whole config: the sections above, then one per method of the registry.
 Config = dataclasses.make_dataclass("Config", _method_sections(), bases=(_Config,))
 Config.__module__ = __name__
-Config.__doc__ = "The whole pretraining config: the shared sections, then one section per method (train.methods.METHODS)."
+Config.__doc__ = "The pretraining config: the shared sections, then one section per method (train.methods.METHODS)."
 
 
 # ---------------------------------------------------------------------------------------------

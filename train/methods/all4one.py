@@ -88,7 +88,8 @@ class All4One(Method):
         self.predictor2 = mlp([d, params.pred_hidden_dim, d])
         layer = nn.TransformerEncoderLayer(d_model=d, nhead=params.transformer_heads, dim_feedforward=2 * d,
                                            dropout=params.transformer_dropout, batch_first=True)
-        self.transformer = nn.TransformerEncoder(layer, num_layers=params.transformer_layers, enable_nested_tensor=False)
+        self.transformer = nn.TransformerEncoder(layer, num_layers=params.transformer_layers,
+                                                 enable_nested_tensor=False)
         self.register_buffer("pos_enc", sequence_encoding(NUM_NEIGHBOURS, d), persistent=False)
         self.momentum_backbone = momentum_copy(backbone)
         self.momentum_projector = momentum_copy(self.projector)
@@ -146,7 +147,8 @@ class All4One(Method):
             nnclr = nnclr + (s1 + s2) / 2
         nn_acc = (self.queue.labels[idx1] == step.fine).float().mean()
         self.queue.push(m1, step.fine)
-        logs = {"nnclr_loss": nnclr.detach(), "att_loss": att.detach(), "feature_loss": feature.detach(), "nn_acc": nn_acc}
+        logs = {"nnclr_loss": nnclr.detach(), "att_loss": att.detach(), "feature_loss": feature.detach(),
+                "nn_acc": nn_acc}
         if stats is not None:
             logs["hex"] = stats
         return 0.5 * att + 0.5 * nnclr + 0.5 * feature, logs

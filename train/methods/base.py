@@ -71,7 +71,8 @@ class StepInput:
     epoch: int
 
 
-def mlp(dims: list[int], bn: bool = True, last_bn: bool = False, last_affine: bool = True, bias: bool = True) -> nn.Sequential:
+def mlp(dims: list[int], bn: bool = True, last_bn: bool = False, last_affine: bool = True,
+        bias: bool = True) -> nn.Sequential:
     """Linear(-BN)-ReLU blocks through `dims`, a final Linear (optionally + BN)."""
     layers: list[nn.Module] = []
     for i in range(len(dims) - 2):
@@ -177,7 +178,8 @@ class Method(nn.Module):
         if not cls.name or not isinstance(cls.name, str):
             raise ValueError(f"{cls.__name__}.name must be the method's config name")
         if cls.hex_temperature == "method" and "temperature" not in {f.name for f in dataclasses.fields(cls.Params)}:
-            raise ValueError(f"{cls.__name__}.hex_temperature = 'method' needs a `temperature` field in {cls.Params.__name__}")
+            raise ValueError(f"{cls.__name__}.hex_temperature = 'method' needs a `temperature` field in "
+                             f"{cls.Params.__name__}")
 
     @classmethod
     def hex_tau(cls, params, hex_cfg) -> float:
