@@ -51,4 +51,5 @@ class BuildPy(build_py):
         return outfile, copied
 
 
-setup(cmdclass={"build_py": BuildPy})
+if __name__ == "__main__":  # how setuptools runs this file; importing it (the tests) builds nothing
+    setup(cmdclass={"build_py": BuildPy})

@@ -81,7 +81,7 @@ def test_install_beside_pypi_kernels(tmp_path):
 
     # a fresh environment that sees this one's packages, minus hexfast's own install
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--without-pip", venv])
+    _run([sys.executable, "-m", "venv", venv])
     vpy = venv / "bin" / "python"
     purelib = Path(_run([vpy, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     view = tmp_path / "shared"
@@ -92,7 +92,7 @@ def test_install_beside_pypi_kernels(tmp_path):
             if not own and not entry.name.endswith(".pth") and not (view / entry.name).exists():
                 (view / entry.name).symlink_to(entry)
     (purelib / "_shared_packages.pth").write_text(f"{view}\n")
-    pip = [sys.executable, "-m", "pip", "--python", vpy, "install", "-q"]
+    pip = [vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     _run(pip + [PYPI_KERNELS])
     pypi_kernels = purelib / "kernels"
     before = _tree_hash(pypi_kernels)
@@ -117,3 +117,24 @@ def test_install_beside_pypi_kernels(tmp_path):
     _run(["bash", ROOT / "run.sh", "pretrain", *TINY, "--out", tmp_path / "run2"], cwd=ROOT,
          env=dict(env, VIRTUAL_ENV=str(venv)))
     assert json.loads((tmp_path / "run2" / "summary.json").read_text())["steps"] == 2
+
+
+def _setup_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hexfast_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_build_rewrites_only_the_bundled_imports():
+    rewrite = _setup_module().rewrite_imports
+    source = ("from train.config import X\n    from kernels import hex_triton, quantile\nimport kernels  # noqa\n"
+              "import train.data as d\nfrom trainer import y\nimport kernelsx\nx = 'from train import z'\n")
+    assert rewrite(source) == (
+        "from hexfast._train.config import X\n    from hexfast._kernels import hex_triton, quantile\n"
+        "import hexfast._kernels as kernels  # noqa\nimport hexfast._train.data as d\nfrom trainer import y\n"
+        "import kernelsx\nx = 'from train import z'\n")
+    with pytest.raises(SystemExit, match="binds the top-level name 'train'"):
+        rewrite("import train.config\n")
