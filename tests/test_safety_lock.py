@@ -59,7 +59,8 @@ def test_a_crashed_run_releases_the_lock(tmp_path):
 
     out = tmp_path / "run"
     with pytest.raises(Crash):
-        pretrain.run(pretrain.resolve(TINY + ["--epochs", "1", "--out", str(out)]), extra_callbacks=[CrashAt(1).callback])
+        pretrain.run(pretrain.resolve(TINY + ["--epochs", "1", "--out", str(out)]),
+                     extra_callbacks=[CrashAt(1).callback])
     rundir.RunLock(out).acquire().release()
 
 

@@ -54,7 +54,8 @@ def test_allowed_changes_run_and_are_recorded(run_copy):
                                              "train.log_every_steps=2", "train.checkpoint_every_steps=3"]))
     assert summary["steps"] == 8  # the run extended by one epoch of 4 steps
     saved = C.load_yaml(run_copy / "config.yaml")
-    assert (saved["train"]["epochs"], saved["train"]["log_every_steps"], saved["train"]["checkpoint_every_steps"]) == (2, 2, 3)
+    t = saved["train"]
+    assert (t["epochs"], t["log_every_steps"], t["checkpoint_every_steps"]) == (2, 2, 3)
     assert summary["config_hash"] == C.config_hash(C.from_dict(saved))
 
 
@@ -110,7 +111,8 @@ def test_resume_with_max_steps_from_an_epoch_end_equals_the_uninterrupted_run(tm
     full = pretrain.run(pretrain.resolve(args + ["--out", str(tmp_path / "full")]))
     cut = tmp_path / "cut"
     with pytest.raises(Crash):
-        pretrain.run(pretrain.resolve(args + ["--out", str(cut)]), extra_callbacks=[CrashAt(STEPS_PER_EPOCH + 2).callback])
+        pretrain.run(pretrain.resolve(args + ["--out", str(cut)]),
+                     extra_callbacks=[CrashAt(STEPS_PER_EPOCH + 2).callback])
     assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STEPS_PER_EPOCH
     resumed = pretrain.run(pretrain.resolve(["--out", str(cut), "--resume"]))
     assert resumed["steps"] == full["steps"] == 6

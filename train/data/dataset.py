@@ -70,7 +70,8 @@ class ImageDataset:
                                 f"expected ({n},) to match the images")
             # the readers check their files' labels (naming the file); this is the net for the rest
             classes = self.num_classes if attr == "fine" else self.num_coarse
-            setattr(self, attr, check_labels(labels, classes or None, f"dataset {self.name!r}: {attr} labels", unlabelled_ok=True))
+            setattr(self, attr, check_labels(labels, classes or None, f"dataset {self.name!r}: {attr} labels",
+                                             unlabelled_ok=True))
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"dataset {self.name!r}: mean and std need 3 values (the output is RGB)")
 
@@ -135,7 +136,8 @@ def check_labels(labels, classes: int | None, what: str, *, unlabelled_ok: bool 
     wrong = np.flatnonzero((arr < low) | (arr >= classes) if classes is not None else arr < low)
     if len(wrong):
         i = int(wrong[0])
-        valid = (f"0..{classes - 1}" if classes is not None else ">= 0") + (" (or -1 = unlabelled)" if unlabelled_ok else "")
+        valid = f"0..{classes - 1}" if classes is not None else ">= 0"
+        valid += " (or -1 = unlabelled)" if unlabelled_ok else ""
         raise DataError(f"{what}: label {int(arr[i])} at index {i} is outside {valid} "
                         f"({len(wrong)} such label{'s' if len(wrong) > 1 else ''})")
     return arr
