@@ -1,8 +1,10 @@
 """hexfast: Hierarchical Emergence Exploitation (HEX) for self-supervised learning.
 
 `import hexfast.hex_loss` gives `hex_loss(...)` and `HEXLoss`; `hexfast.reference` is the readable
-PyTorch specification every fast path is tested against; `hexfast.thresholds` holds the threshold
-rules and schedules; `hexfast.losses` the standard SSL losses.
+PyTorch specification every fast path is tested against; `hexfast.rules` the hierarchy rule type
+(`Rule`), `hexfast.validate` every argument check, `hexfast.backend` the protocol the reference and
+the fused kernel implement; `hexfast.thresholds` holds the schedules; `hexfast.losses` the standard
+SSL losses.
 """
 
 __version__ = "0.1.0"
