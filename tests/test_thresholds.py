@@ -145,7 +145,8 @@ def test_load_state_dict_checks_name_and_values():
 @pytest.mark.parametrize(
     "name, params, error, pattern",
     [
-        ("adaptiv", {}, HEXInputError, "unknown schedule 'adaptiv'; valid: none, adaptive, step, cos, cos_released, groups"),
+        ("adaptiv", {}, HEXInputError,
+         "unknown schedule 'adaptiv'; valid: none, adaptive, step, cos, cos_released, groups"),
         ("step", dict(distance_thresh=0.9), HEXInputError, "unknown parameter.*distance_thresh.*valid: .*start"),
         ("adaptive", dict(warmup="linear"), HEXInputError, "unknown warmup 'linear'; valid: infonce, cosine, off"),
         ("adaptive", dict(quantile=1.0), HEXInputError, "quantile"),

@@ -151,11 +151,13 @@ def test_all4one_combined_variant_sums_nnclr_with_its_hex_and_keeps_attention_st
     nnclr term, the attention term standard."""
     batch = fake_batch(seed=0)
     logs = {}
-    for name, mode, sections in (("both", "adaptive", {}), ("combined", "adaptive", {"all4one": {"hex_variant": "combined"}}),
+    combined = {"all4one": {"hex_variant": "combined"}}
+    for name, mode, sections in (("both", "adaptive", {}), ("combined", "adaptive", combined),
                                  ("standard", "none", {})):
         module = make_module("all4one", mode, **sections)
         torch.manual_seed(1)  # the same dropout masks in the transformer
         logs[name] = module.compute_loss(batch, epoch=5)[1]
     torch.testing.assert_close(logs["combined"]["att_loss"], logs["standard"]["att_loss"])
-    torch.testing.assert_close(logs["combined"]["nnclr_loss"], logs["both"]["nnclr_loss"] + logs["standard"]["nnclr_loss"])
+    torch.testing.assert_close(logs["combined"]["nnclr_loss"],
+                               logs["both"]["nnclr_loss"] + logs["standard"]["nnclr_loss"])
     assert not torch.allclose(logs["both"]["att_loss"], logs["standard"]["att_loss"])
