@@ -3,6 +3,7 @@
 #   bash run.sh pretrain [train.pretrain args]   the main job: SSL pretraining with HEX
 #   bash run.sh test [pytest args]               the test suite (CPU; Triton kernels interpreted)
 #   bash run.sh bench [pytest args]              the benchmark suites
+#   bash run.sh lint [ruff args]                 ruff check (rules in pyproject.toml)
 # It uses the active virtual environment if there is one, else creates .venv here, and installs the
 # project with the extras the command needs (skipped when pyproject.toml has not changed since).
 set -euo pipefail
@@ -10,8 +11,8 @@ cd "$(dirname "$0")"
 
 cmd="${1:-}"
 case "$cmd" in
-  pretrain|test|bench) shift ;;
-  *) echo "usage: bash run.sh {pretrain|test|bench} [args...]" >&2; exit 2 ;;
+  pretrain|test|bench|lint) shift ;;
+  *) echo "usage: bash run.sh {pretrain|test|bench|lint} [args...]" >&2; exit 2 ;;
 esac
 
 if [ -n "${VIRTUAL_ENV:-}" ]; then
@@ -26,6 +27,7 @@ fi
 # Extras: the tests and benchmarks exercise everything (DALI's CPU operators included).
 if [ "$cmd" = pretrain ]; then extras="train,triton"; probe="torch, lightning, torchvision"
 else extras="dev,dali"; probe="torch, lightning, torchvision, pytest, pytest_benchmark"; fi
+[ "$cmd" = lint ] && probe="ruff"
 need_install=0
 if [ -n "${VIRTUAL_ENV:-}" ]; then
   "$py" -c "import $probe" 2>/dev/null || need_install=1
@@ -43,4 +45,5 @@ case "$cmd" in
   pretrain) exec "$py" -m train.pretrain "$@" ;;
   test) exec "$py" -m pytest tests "$@" ;;
   bench) exec "$py" -m pytest bench --benchmark-only "$@" ;;
+  lint) exec "$py" -m ruff check . "$@" ;;
 esac

@@ -22,7 +22,7 @@ def run(n: int, d: int = 128, dtype=torch.bfloat16) -> dict:
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     out = {}
-    for rep in range(2):  # the first includes compilation
+    for _ in range(2):  # the first includes compilation
         t0 = time.perf_counter()
         loss, stats = hex_loss_triton(z1, z2, **LOSS_KW)
         torch.cuda.synchronize()

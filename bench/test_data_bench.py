@@ -9,7 +9,6 @@ written to bench/results/data_throughput_<device>.{json,md} when the module fini
     pytest bench/test_data_bench.py --benchmark-only
 """
 import json
-import os
 import platform
 import re
 from pathlib import Path

@@ -68,7 +68,8 @@ def _batches(loader):
 def test_training_step_throughput(benchmark, dataset, kernel, loader_name):
     torch.manual_seed(0)
     cfg = _config(kernel)
-    module = SSLModule(cfg, num_classes=dataset.num_classes, num_coarse=dataset.num_coarse if dataset.coarse is not None else 0,
+    num_coarse = dataset.num_coarse if dataset.coarse is not None else 0
+    module = SSLModule(cfg, num_classes=dataset.num_classes, num_coarse=num_coarse,
                        image_size=dataset.image_size, steps_per_epoch=len(dataset) // BATCH).to(DEVICE)
     module.to(memory_format=torch.channels_last)
     opt = module.configure_optimizers()["optimizer"]
@@ -103,9 +104,11 @@ def _write_results() -> None:
     if not _measured:
         return
     base = _measured.get(("torch", "torchvision"))
-    rows = [{"kernel": k, "loader": l, "images_per_s": round(r, 1),
-             "vs_torch_torchvision": round(r / base, 3) if base else None} for (k, l), r in sorted(_measured.items())]
-    machine = torch.cuda.get_device_name(0) if ON_GPU else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    rows = [{"kernel": k, "loader": loader, "images_per_s": round(r, 1),
+             "vs_torch_torchvision": round(r / base, 3) if base else None}
+            for (k, loader), r in sorted(_measured.items())]
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    machine = torch.cuda.get_device_name(0) if ON_GPU else cpu
     info = {
         "what": "SimCLR + HEX (adaptive) training step incl. augmentation, images/s",
         "model": "resnet18 (CIFAR stem), 32 px, bf16" if ON_GPU else "tiny CNN, 28 px, fp32",
@@ -115,7 +118,8 @@ def _write_results() -> None:
     RESULTS.mkdir(exist_ok=True)
     tag = ("gpu" if ON_GPU else "cpu") + ("" if BATCH == (256 if ON_GPU else 128) else f"_b{BATCH}")
     (RESULTS / f"step_{tag}.json").write_text(json.dumps(info, indent=2))
-    lines = [f"# Training-step throughput ({info['model']}, batch {BATCH})", "", f"Machine: {machine}; torch {torch.__version__}; {info['date']}", "",
+    lines = [f"# Training-step throughput ({info['model']}, batch {BATCH})", "",
+             f"Machine: {machine}; torch {torch.__version__}; {info['date']}", "",
              "| kernel | loader | images/s | vs torch + torchvision |", "|---|---|---|---|"]
     lines += [f"| {r['kernel']} | {r['loader']} | {r['images_per_s']} | {r['vs_torch_torchvision']} |" for r in rows]
     (RESULTS / f"step_{tag}.md").write_text("\n".join(lines) + "\n")

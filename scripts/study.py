@@ -201,8 +201,10 @@ def machine() -> str:
 def commit() -> str:
     """The commit of the code that ran (with "+changes" when the tree differs from it), or "?"."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "train", "hexfast", "kernels"],
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "train", "hexfast", "kernels"],
                                cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
@@ -523,7 +525,8 @@ def report(design: Design, results: Path, plots: Path, link_from: Path | None = 
         for seed, r in sorted(runs.items()):
             commits.setdefault(r["run"].get("commit", "not recorded"), []).append(f"{name} s{seed}")
     lines += ["Code commit of the runs (full id in each run.json): "
-              + "; ".join(f"{c[:12] if c != 'not recorded' else c}: {len(v)} runs" for c, v in commits.items()) + ".", ""]
+              + "; ".join(f"{c[:12] if c != 'not recorded' else c}: {len(v)} runs" for c, v in commits.items())
+              + ".", ""]
 
     # per-arm table, the floor first
     lines += ["| arm | seeds | " + " | ".join(lab for _, lab in METRICS) + " | wall-clock / run |",
@@ -635,7 +638,8 @@ def _accuracy_plot(design, data, fl, plots, plt, link=".") -> list[str]:
         for ax, (key, lab) in zip(row, METRICS):
             for arm in design.arms:
                 runs = data.get(arm.name, {}) if arm.method == method else {}
-                curves = [[(h["epoch"] + 1, h[key]) for h in r["summary"]["history"] if key in h] for r in runs.values()]
+                curves = [[(h["epoch"] + 1, h[key]) for h in r["summary"]["history"] if key in h]
+                          for r in runs.values()]
                 curves = [c for c in curves if c]
                 if not curves:
                     continue
@@ -694,7 +698,7 @@ def _hex_plot(design, data, plots, plt, link=".") -> list[str]:
               "|---|" + "---|---|" * len(hex_arms)]
     series = {}
     for arm in hex_arms:
-        per_seed = [(dict(zip(*per_epoch(r["rows"], "hex/eps_step"))), dict(zip(*per_epoch(r["rows"], "hex/hier_fraction_step"))))
+        per_seed = [tuple(dict(zip(*per_epoch(r["rows"], key))) for key in ("hex/eps_step", "hex/hier_fraction_step"))
                     for r in data[arm.name].values()]
         series[arm.name] = per_seed
     epochs = sorted({e for ps in series.values() for s in ps for e in s[1]})
@@ -719,7 +723,8 @@ def main(argv=None) -> int:
     ap.add_argument("--plots", default="docs/results", help="where the PNG plots go")
     ap.add_argument("--docs", default="docs/results.md",
                     help="markdown file whose <!-- study:DESIGN:start/end --> part receives the report too")
-    ap.add_argument("--threads", type=int, default=2, help="torch / BLAS threads per run (0 = torch's default); default 2")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch / BLAS threads per run (0 = torch's default); default 2")
     ap.add_argument("--dry-run", action="store_true", help="print the commands of every run in run order, run nothing")
     ap.add_argument("--report-only", action="store_true", help="only re-make the report and plots")
     ap.add_argument("--floor", action="store_true", help="only measure the initial networks' accuracy (floor.json)")

@@ -19,7 +19,8 @@ def test_local_package_is_imported(name):
 
 def test_local_packages_win_from_the_repo_root_without_pytest():
     """`python -c` from the repo root (how the README's commands run) sees the same folders."""
-    code = "import sys, hexfast, kernels, train, bench; print('\\n'.join(m.__file__ for m in (hexfast, kernels, train, bench)))"
+    code = ("import sys, hexfast, kernels, train, bench; "
+            "print('\\n'.join(m.__file__ for m in (hexfast, kernels, train, bench)))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     files = [Path(line).resolve() for line in done.stdout.split()]

@@ -36,7 +36,8 @@ def test_lars_step_by_hand():
     b.grad = torch.tensor([0.5])
     opt.step()
     ratio = 0.02 * 5 / (2 + 0.1 * 5)
-    expected = torch.tensor([[3.0, 4.0]]) - 0.5 * ratio * (torch.tensor([[0.0, 2.0]]) + 0.1 * torch.tensor([[3.0, 4.0]]))
+    weight = torch.tensor([[3.0, 4.0]])
+    expected = weight - 0.5 * ratio * (torch.tensor([[0.0, 2.0]]) + 0.1 * weight)
     torch.testing.assert_close(w.detach(), expected)
     torch.testing.assert_close(b.detach(), torch.tensor([1.0 - 0.5 * 0.5]))
 

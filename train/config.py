@@ -60,7 +60,7 @@ class HexConfig:
     fixed_min: float = 0.65           # fixed: floor / end of the cosine (Table 7)
     fixed_step: float = 0.1           # fixed "step": subtracted every `fixed_epoch_step` epochs (Table 7)
     fixed_epoch_step: int = 1         # fixed "step": epochs between steps (short default run; 100 for 400 epochs)
-    hierarchy_weight: float = 0.0     # w: weight of hierarchical negatives in the denominator (0 = dropped, released code)
+    hierarchy_weight: float = 0.0     # w: weight of hierarchical negatives in the denominator (0 = dropped, released)
     positive_in_denominator: bool = False  # add e^{s_pos/t} to the denominator (released code: no)
     alpha: float = 0.1                # Barlow/VICReg/BYOL/SimSiam: loss = alpha * HEX + (1 - alpha) * L (Table 6 text)
     vicreg_scale: float = 5.0         # VICReg: the HEX term is scaled by 5 (released code)
@@ -351,7 +351,8 @@ def validate(cfg: Config) -> Config:
 
     _check_ranges(cfg)
     world = t.devices * t.num_nodes
-    need(t.batch_size >= 2 * world, f"train.batch_size ({t.batch_size}) needs >= 2 samples per process ({world} processes)")
+    need(t.batch_size >= 2 * world,
+         f"train.batch_size ({t.batch_size}) needs >= 2 samples per process ({world} processes)")
     need(t.batch_size % world == 0, f"train.batch_size ({t.batch_size}) must divide evenly over {world} processes")
     _check_hex(h)
     e = cfg.eval

@@ -157,7 +157,8 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
 def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm1d/2d in `module` by AllReduceBatchNorm (weights and buffers kept)."""
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and not isinstance(module, AllReduceBatchNorm):
-        new = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        new = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                 module.track_running_stats)
         if module.affine:
             with torch.no_grad():
                 new.weight.copy_(module.weight)

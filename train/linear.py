@@ -103,7 +103,8 @@ def evaluate_checkpoint(ckpt_path, *, fraction: float = 1.0, epochs: int = 30, l
         labels = tr[col].cpu().numpy()
         if classes == 0 or (labels < 0).all():
             continue
-        idx = torch.from_numpy(balanced_fraction(labels, fraction, seed) if fraction < 1 else np.flatnonzero(labels >= 0))
+        chosen = balanced_fraction(labels, fraction, seed) if fraction < 1 else np.flatnonzero(labels >= 0)
+        idx = torch.from_numpy(chosen)
         head = train_linear(tr[0][idx].cpu(), tr[col][idx].cpu(), classes, epochs=epochs, lr=lr, wd=wd,
                             batch_size=batch_size, seed=seed)
         keep = te[col] >= 0

@@ -63,7 +63,8 @@ class SSLModule(L.LightningModule):
             self.to(memory_format=torch.channels_last)  # 4-D weights only
 
     def train_dataloader(self):
-        self._loader = self.data.pretrain_loader(self.global_rank, self.trainer.world_size, self.trainer.strategy.root_device)
+        self._loader = self.data.pretrain_loader(self.global_rank, self.trainer.world_size,
+                                                 self.trainer.strategy.root_device)
         state = getattr(self, "_resume_loader_state", None)
         if state is not None:
             self._loader.load_state_dict(state)

@@ -93,7 +93,8 @@ def check_environment(cfg: C.Config) -> None:
         try:
             load("triton")
         except KernelUnavailableError as err:
-            raise C.ConfigError(f"--kernel triton: the fused kernel cannot be imported ({err}); use --kernel torch") from err
+            raise C.ConfigError(
+                f"--kernel triton: the fused kernel cannot be imported ({err}); use --kernel torch") from err
     if cfg.train.accelerator == "gpu" and not gpu:
         raise C.ConfigError("train.accelerator=gpu but no CUDA GPU is available; use auto or cpu")
     devices = cfg.train.devices
@@ -145,7 +146,8 @@ class RunData:
         world = cfg.train.devices * cfg.train.num_nodes
         self.local_batch = cfg.train.batch_size // world
         if len(self.train) < cfg.train.batch_size:
-            raise C.ConfigError(f"train.batch_size ({cfg.train.batch_size}) exceeds the dataset size ({len(self.train)})")
+            raise C.ConfigError(
+                f"train.batch_size ({cfg.train.batch_size}) exceeds the dataset size ({len(self.train)})")
 
     @property
     def steps_per_epoch(self) -> int:

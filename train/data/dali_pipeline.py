@@ -4,7 +4,8 @@ All randomness arrives as per-sample argument inputs drawn on the host (params.p
 are independent, a batch is reproducible from its position, and DALI and torchvision apply the
 same draws. One ``external_source`` call per batch returns, in order: images (uint8 HWC arrays, or
 encoded bytes for files), fine, coarse, index, position (epoch, step), then for each view the
-inputs its operators read (view_fields): roi_start, roi_end (relative [y, x]; x swapped for a flip), brightness, contrast, saturation
+inputs its operators read (view_fields): roi_start, roi_end (relative [y, x]; x swapped for a flip),
+brightness, contrast, saturation
 (0 where grayscale), hue (degrees), blur sigma, solarisation threshold (127.5, or 256 = off).
 Per-view recipes select which operators are in the graph (no blur operator if blur_prob = 0, ...).
 """

@@ -117,6 +117,6 @@ def load_dataset(name: str = DEFAULT_DATASET, root: str | Path | None = None, sp
     if download:
         fetch(name, root)
     elif not root.exists():
-        hint = f" (pass download=True to fetch it)" if name in SOURCES else ""
+        hint = " (pass download=True to fetch it)" if name in SOURCES else ""
         raise DataError(f"missing dataset folder for {name!r}: {root} does not exist{hint}")
     return reader(name, root, split, **options)
