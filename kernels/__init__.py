@@ -15,7 +15,7 @@ def __getattr__(name):
 
         return getattr(hex_triton, name)
     if name == "row_quantiles":
-        from kernels import quantile
+        from kernels import hex_triton
 
-        return quantile.row_quantiles
+        return hex_triton.row_quantiles
     raise AttributeError(f"module 'kernels' has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Triton device functions shared by every HEX kernel: the similarity tile and the hierarchy rule.
+"""Triton device functions shared by every HEX kernel: the one tile prologue, the similarity tile,
+the hierarchy rule and the order-preserving fp32 keys.
 
 Maths. Anchors a [M, D], candidates c [N, D] (raw, un-normalised), norms
 n_i = max(|a_i|, 1e-12) computed once in fp32 by the launcher (as F.normalize does). The cosine
@@ -6,20 +7,27 @@ similarity of a tile, with fp32 accumulation, is
 
     fp32 inputs:       s_ik = sum_d (a_id / n_i) (c_kd / n_k)      (division on load, as the
                        reference normalises: identical normalised values, ties stay ties)
-    bf16/fp16 inputs:  s_ik = ((a_i . c_k) * (1/n_i)) * (1/n_k)    (normalisation folded into
+    bf16/fp16 inputs:  s_ik = (a_i . c_k) * ((1/n_i) * (1/n_k))    (normalisation folded into
                        the tile: the inputs enter the tensor cores as they are; their products
                        are exact in fp32)
 
 No normalised copy of the inputs is ever written.
 
-Every kernel computes s with the same tile shape and the same path (kernels/config.py): for
-D <= 256 one K step (`load_rows` once for the program's own rows, `sim_of_tiles` per streamed
-tile), otherwise the K loop of `sim_tile`. So all passes see bit-identical similarities: the
-quantile selection, the log-sum-exp pass and the backward.
+One prologue, by construction. Every kernel that needs similarities calls `own_rows` once for the
+rows its program owns and `sim_cols` for every streamed column tile; nothing else computes s. With
+the same tile shape (kernels/config.py) every pass therefore sees bit-identical similarities: the
+sketch, the selection, the log-sum-exp, the settling, the repairs and the backward.
 
-Hierarchy rules (RULE constexpr): 0 none, 1 adaptive (s > eps), 2 fixed (f > eps with
-f = (s - m_i) / (M_i - m_i) in fp32 with round-to-nearest division, 0 where M_i == m_i, exactly as
-hexfast.reference computes it), 3 groups (label of row == label of column).
+Symmetry. In the square case (candidates = anchors) s_ik and s_ki are bit-identical: the fp32 path
+divides each operand by its own norm before the dot, the half path scales the fp32 dot by the
+product (1/n_i)(1/n_k), which is commutative, and a dot's accumulation order over the features
+does not depend on where an element sits in its tile. The one-kernel square backward relies on it
+(it reads G_ki off the tile s_ik); tests/test_kernel_loss.py checks it on the kernel's own matrix.
+
+Hierarchy rules (RULE constexpr, the kernel's private encoding of hexfast's Rule.kind): 0 none,
+1 adaptive (s > eps), 2 fixed (f > eps with f = (s - m_i) / (M_i - m_i) in fp32 with
+round-to-nearest division, 0 where M_i == m_i, exactly as hexfast.reference computes it),
+3 groups (label of row == label of column).
 """
 import triton
 import triton.language as tl
@@ -40,38 +48,50 @@ def load_rows(ptr, rows, row_ok, dd, d_ok, stride, scale, NORM_DIV: tl.constexpr
 
 
 @triton.jit
-def sim_tile(a_ptr, c_ptr, sa, sc, rows, row_ok, cols, col_ok, D, stride_a, stride_c,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-             NORM_DIV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] fp32 cosine similarities of anchor rows `rows` against columns `cols`.
+def own_rows(A, RA, rows, row_ok, D, stride_a, BLOCK_D: tl.constexpr, SINGLE_K: tl.constexpr,
+             NORM_DIV: tl.constexpr, UPCAST: tl.constexpr):
+    """The tile prologue: (row scales, own tile). rows are int64.
 
-    rows/cols are int64 row indices into a/c; padded rows/columns load zeros (the caller masks them).
-    NORM_DIV (fp32 inputs): sa/sc are the row norms and tiles are divided by them on load, the
-    same rounding as F.normalize, so s equals the reference wherever the dot products are exact.
-    Otherwise (bf16/fp16) sa/sc are inverse norms folded into the fp32 result.
-    UPCAST: convert loaded tiles to fp32 (the interpreter computes bf16 wrongly).
-    PRECISION: tl.dot input precision ("ieee" for fp32: exact fp32 products).
+    Single-K path (D <= BLOCK_D): the program's own rows are loaded once, as flash attention
+    loads Q. K-loop path: the own tile is re-read per column tile inside `sim_cols` (a dummy here).
     """
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    offs_d = tl.arange(0, BLOCK_D)
-    for d0 in range(0, D, BLOCK_D):
-        dd = d0 + offs_d
-        d_ok = dd < D
-        a = load_rows(a_ptr, rows, row_ok, dd, d_ok, stride_a, sa, NORM_DIV, UPCAST)
-        c = load_rows(c_ptr, cols, col_ok, dd, d_ok, stride_c, sc, NORM_DIV, UPCAST)
-        acc = tl.dot(a, tl.trans(c), acc, input_precision=PRECISION)
-    if not NORM_DIV:
-        acc = (acc * sa[:, None]) * sc[None, :]
-    return acc
+    ra = tl.load(RA + rows, mask=row_ok, other=1.0)
+    dk = tl.arange(0, BLOCK_D)
+    if SINGLE_K:
+        a_own = load_rows(A, rows, row_ok, dk, dk < D, stride_a, ra, NORM_DIV, UPCAST)
+    else:
+        a_own = tl.zeros([1, BLOCK_D], tl.float32)
+    return ra, a_own
 
 
 @triton.jit
-def sim_of_tiles(a, c, sa, sc, NORM_DIV: tl.constexpr, PRECISION: tl.constexpr):
-    """Single-K path: s from already loaded tiles a [BM, BLOCK_D] and c [BN, BLOCK_D] (load_rows)."""
-    acc = tl.dot(a, tl.trans(c), input_precision=PRECISION)
+def sim_cols(a_own, A, ra, rows, row_ok, C, RC, cols, col_ok, D, stride_a, stride_c,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+             SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
+             PRECISION: tl.constexpr):
+    """(s [BLOCK_M, BLOCK_N] fp32, column scales rc, streamed tile) for int64 columns `cols`.
+
+    Padded rows/columns load zeros (the caller masks them). The streamed tile (single-K path: the
+    whole [BLOCK_N, BLOCK_D] feature tile) is returned so that a backward can reuse it for its
+    second product; on the K-loop path it is a dummy.
+    """
+    rc = tl.load(RC + cols, mask=col_ok, other=1.0)
+    dk = tl.arange(0, BLOCK_D)
+    if SINGLE_K:
+        c_t = load_rows(C, cols, col_ok, dk, dk < D, stride_c, rc, NORM_DIV, UPCAST)
+        acc = tl.dot(a_own, tl.trans(c_t), input_precision=PRECISION)
+    else:
+        c_t = tl.zeros([1, BLOCK_D], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + dk
+            d_ok = dd < D
+            a = load_rows(A, rows, row_ok, dd, d_ok, stride_a, ra, NORM_DIV, UPCAST)
+            c = load_rows(C, cols, col_ok, dd, d_ok, stride_c, rc, NORM_DIV, UPCAST)
+            acc = tl.dot(a, tl.trans(c), acc, input_precision=PRECISION)
     if not NORM_DIV:
-        acc = (acc * sa[:, None]) * sc[None, :]
-    return acc
+        acc = acc * (ra[:, None] * rc[None, :])
+    return acc, rc, c_t
 
 
 @triton.jit
@@ -89,3 +109,18 @@ def hier_mask(s, eps, row_min, row_den, g_row, g_col, RULE: tl.constexpr):
     else:
         h = tl.zeros_like(s) != 0.0  # all False
     return h
+
+
+@triton.jit
+def fkey(x):
+    """fp32 -> int64 order-preserving key in [0, 2^32) (-0.0 folded onto +0.0)."""
+    b = (x + 0.0).to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+    return tl.where(b >= 0x80000000, (~b) & 0xFFFFFFFF, b | 0x80000000)
+
+
+@triton.jit
+def funkey(k):
+    """The inverse of `fkey`."""
+    b = tl.where(k >= 0x80000000, k & 0x7FFFFFFF, (~k) & 0xFFFFFFFF)
+    b = tl.where(b >= 0x80000000, b - 0x100000000, b)
+    return b.to(tl.int32).to(tl.float32, bitcast=True)

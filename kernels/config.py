@@ -54,17 +54,79 @@ def feature_blocks(cfg: TileConfig, d: int, half: bool) -> tuple[bool, int, int]
         return True, width, width
     return False, cfg.block_d, cfg.block_dout
 
-# Thresholds counted per row in one selection pass (each pass narrows a row's interval 16-fold).
+# Refinement (repair path only): thresholds counted per row in one pass; each pass narrows a
+# failed row's interval at least 8-fold, so MAX_REPAIR_PASSES bounds the worst case (32-bit keys).
 SELECT_THRESHOLDS = 16
-# Once at most this many values of a row lie in its interval, one pass collects them and a sort
-# finishes the selection. Memory: rows x SELECT_CAPACITY fp32, i.e. O(n).
-SELECT_CAPACITY = 256
+MAX_REPAIR_PASSES = 14
+# The sketch: every row against SKETCH_MIN evenly strided columns, or 1/SKETCH_FRACTION of them
+# when that is more (dot work: at most 1/4 of one similarity pass at N = 1024, 1/8 above 2048).
+SKETCH_MIN = 256
+SKETCH_FRACTION = 8
+# Margins of the sample order statistics, in standard deviations of X ~ Binomial(K, S/N), the number
+# of sampled entries at or above a row's kth value: the selection bracket (a miss costs a repair of
+# that row's block) and the eps band (a miss costs one more stream for every row).
+SELECT_SIGMAS = 4.0
+BAND_SIGMAS = 3.0
+# The collect buffer holds at most CAP values per row (a power of two, O(n) memory in all).
+CAP_MIN, CAP_MAX = 32, 2048
+# Sketch rows per launch are chunked so that its [rows, S] buffer stays below this many elements.
+SKETCH_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class SelectPlan:
+    """Where the fused selection looks, for rows of n_cols values and the kth largest."""
+    kth: int  # 1-based rank from the top
+    samples: int  # S sampled columns
+    top: int  # sorted sample values kept per row (torch.topk)
+    j_lo: int  # index into the sorted sample for the bracket's lower end, -1: unbounded
+    j_hi: int  # for its upper end, -1: unbounded
+    e_lo_at: int  # eps band: column mean of the sorted sample at this index (lower end)
+    e_hi_at: int  # (upper end)
+    cap: int  # collect buffer per row
+
+
+def _pow2(x: int) -> int:
+    return 1 << max(0, int(x) - 1).bit_length()
+
+
+def select_plan(n_cols: int, kth: int) -> SelectPlan:
+    """The sketch size, bracket and band ranks, and buffer size for the kth largest of n_cols.
+
+    With S sampled columns of a row and X = #{sampled >= kth value} ~ Binomial(K, S/N)
+    (mean K_s = K S / N): the row's kth value lies below the j-th largest sample value when X >= j and
+    at or above it when X < j. So the bracket takes the sample ranks K_s -+ SELECT_SIGMAS sqrt(K_s)
+    (+2 below for ties), the band K_s -+ BAND_SIGMAS sqrt(K_s). A rank past the sample is unbounded.
+    """
+    import math
+
+    s = n_cols if n_cols <= SKETCH_MIN else max(SKETCH_MIN, n_cols // SKETCH_FRACTION)
+    ks = kth * s / n_cols
+    sd = math.sqrt(ks)
+    hi_rank = math.floor(ks - SELECT_SIGMAS * sd)  # 1-based sample ranks
+    lo_rank = math.ceil(ks + SELECT_SIGMAS * sd) + 2
+    e_hi_rank = max(1, math.floor(ks - BAND_SIGMAS * sd))
+    e_lo_rank = min(s, math.ceil(ks + BAND_SIGMAS * sd) + 1)
+    j_hi = hi_rank - 1 if hi_rank >= 1 else -1
+    j_lo = lo_rank - 1 if lo_rank <= s else -1
+    top = min(s, max(lo_rank if j_lo >= 0 else 0, e_lo_rank))
+    # expected values collected per row: the bracket's ranks and the band's, scaled to the full row
+    span = ((lo_rank if j_lo >= 0 else s) - max(hi_rank, 0)) * n_cols / s
+    band = (e_lo_rank - e_hi_rank + 1) * n_cols / s
+    cap = min(CAP_MAX, _pow2(int(2 * (span + band)) + 16), _pow2(n_cols + 2))
+    return SelectPlan(kth=kth, samples=s, top=top, j_lo=j_lo, j_hi=j_hi, e_lo_at=e_lo_rank - 1,
+                      e_hi_at=e_hi_rank - 1, cap=max(CAP_MIN, cap))
+
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def tile_config() -> TileConfig:
-    return INTERPRETER_CONFIG if interpreting() else GPU_CONFIG
+    cfg = INTERPRETER_CONFIG if interpreting() else GPU_CONFIG
+    # the candidates' backward streams anchor tiles in the transposed orientation: the same tile
+    # shape then computes the same similarities bit for bit
+    assert cfg.block_m == cfg.block_n, "HEX tiles must be square"
+    return cfg
 
 
 def check_inputs(name: str, x: torch.Tensor) -> torch.Tensor:

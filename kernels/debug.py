@@ -1,8 +1,9 @@
 """The kernel's own similarity matrix, materialised: for tests only (it is O(M * N) by design).
 
 `similarity_matrix(anchors, candidates)` writes the very fp32 values every HEX kernel computes
-(same `sim_tile`, same tile shape), so tests can check that the streamed selection returns exactly
-`torch.kthvalue` of them, and compare the kernel's values with the reference's.
+(the shared tile prologue of kernels/_tiles.py, the same tile shape), so tests can check that the
+streamed selection returns exactly `torch.kthvalue` of them, that the square case is symmetric,
+and compare the kernel's values with the reference's.
 """
 from __future__ import annotations
 
@@ -10,41 +11,34 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._tiles import load_rows, sim_of_tiles, sim_tile
-from kernels.prepare import prepare
+from kernels._tiles import own_rows, sim_cols
+from kernels.config import check_inputs
 
 
 @triton.jit
 def _store_sim_kernel(A, C, RA, RC, OUT, M, N, D, stride_a, stride_c,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                      SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+                      SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     row_ok = rows < M
-    rows64 = rows.to(tl.int64)
-    ra = tl.load(RA + rows64, mask=row_ok, other=1.0)
-    if SINGLE_K:  # the program's own rows, loaded once (flash attention's Q)
-        dk = tl.arange(0, BLOCK_D)
-        dk_ok = dk < D
-        a_own = load_rows(A, rows64, row_ok, dk, dk_ok, stride_a, ra, NORM_DIV, UPCAST)
+    ra, a_own = own_rows(A, RA, rows, row_ok, D, stride_a, BLOCK_D, SINGLE_K, NORM_DIV, UPCAST)
     for n0 in range(0, N, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N)
+        cols = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
         col_ok = cols < N
-        cols64 = cols.to(tl.int64)
-        rc = tl.load(RC + cols64, mask=col_ok, other=1.0)
-        if SINGLE_K:
-            c_t = load_rows(C, cols64, col_ok, dk, dk_ok, stride_c, rc, NORM_DIV, UPCAST)
-            s = sim_of_tiles(a_own, c_t, ra, rc, NORM_DIV, PRECISION)
-        else:
-            s = sim_tile(A, C, ra, rc, rows64, row_ok, cols64, col_ok, D, stride_a,
-                         stride_c, BLOCK_M, BLOCK_N, BLOCK_D, NORM_DIV, UPCAST, PRECISION)
-        tl.store(OUT + rows64[:, None] * N + cols64[None, :], s, mask=row_ok[:, None] & col_ok[None, :])
+        s, rc, c_t = sim_cols(a_own, A, ra, rows, row_ok, C, RC, cols, col_ok, D, stride_a, stride_c,
+                              BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_K, NORM_DIV, UPCAST, PRECISION)
+        tl.store(OUT + rows[:, None] * N + cols[None, :], s, mask=row_ok[:, None] & col_ok[None, :])
 
 
 def similarity_matrix(anchors: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """[M, N] fp32: the similarities exactly as the HEX kernels compute them (tests only)."""
-    a = anchors.detach()
-    p = prepare(a, a if candidates is anchors else candidates.detach())
-    out = torch.empty((p.m, p.n), device=p.a.device, dtype=torch.float32)
-    _store_sim_kernel[(triton.cdiv(p.m, p.cfg.block_m),)](*p.sim_args(), out, p.m, p.n, p.d,
-                                                          p.a.stride(0), p.c.stride(0), **p.sim_meta())
+    from kernels.hex_triton import _Operands
+
+    a = check_inputs("anchors", anchors.detach())
+    c = a if candidates is anchors else check_inputs("candidates", candidates.detach())
+    op = _Operands(a, None if c is a else c)
+    out = torch.empty((op.m, op.n), device=a.device, dtype=torch.float32)
+    _store_sim_kernel[op.grid(op.m)](*op.sim(), out, op.m, op.n, op.d, a.stride(0), op.c.stride(0),
+                                     **op.meta())
     return out

@@ -1,15 +1,21 @@
-"""Launchers, the autograd.Function and the public entry points of the fused HEX kernel.
+"""Launchers, the registered custom ops and the entry points of the fused HEX kernel.
 
+    hex_loss_triton(z1 [B, D], z2 [B, D], *, temperature, threshold, quantile, hierarchy_weight,
+                    positive_in_denominator, groups, eps) -> (loss, stats)   == hexfast.reference
     hex_rect(anchors [M, D], candidates [N, D], pos_index [M], self_index [M], *, temperature,
              rule, eps, hierarchy_weight, positive_in_denominator, anchor_groups,
              candidate_groups) -> (loss, stats)          same contract as hexfast.reference.hex_rect
-    hex_loss_triton(z1 [B, D], z2 [B, D], *, temperature, threshold, quantile, hierarchy_weight,
-                    positive_in_denominator, groups) -> (loss, stats)   == hexfast.reference.hex_reference
+    row_quantiles(anchors, candidates, q) -> [M] fp32    exact nearest-rank quantiles of each row
 
-Passes (n = rows, see docs/kernel.md): adaptive rule: 2-4 selection passes (kernels/quantile.py)
-then one log-sum-exp pass; fixed rule: one min/max pass then the log-sum-exp pass; none/groups:
-the log-sum-exp pass alone. Backward: one pass over the anchors and one over the candidates. Memory:
-inputs, O(M + N) row statistics and the O((M + N) * D) gradients; never an M x N matrix.
+The forward and backward are registered as `torch.library.custom_op`s (`hexfast_kernels::square`,
+`::rect`, and their backward ops), so torch.compile and CUDA graphs capture a training step that
+contains them. No launcher reads a tensor value on the host: the grids and every branch depend on
+shapes and Python arguments only; the kernels decide repairs themselves (kernels/hex_kernels.py).
+
+Launches, square case, adaptive rule (the most): cat, norms, sketch (one per row chunk), topk,
+the band means, the fused pass, the finisher, eps = torch.mean, the settling and the stats sums;
+backward one kernel. Memory: inputs, O(n) row statistics, the [n, CAP] collect buffer, the sketch
+buffer of at most SKETCH_CHUNK_ELEMENTS, and the O(n D) gradients; never an n x n matrix.
 """
 from __future__ import annotations
 
@@ -18,209 +24,429 @@ import math
 import torch
 import triton
 
+from kernels import hex_kernels as K
 from kernels._tiles import RULE_IDS
-from kernels.hex_kernels import STAT_FIELDS, _bwd_cols_kernel, _bwd_rows_kernel, _lse_kernel
-from kernels.prepare import Prepared, prepare
-from kernels.quantile import kth_largest, nearest_rank_kth, row_min_max
+from kernels.config import (MAX_REPAIR_PASSES, SELECT_THRESHOLDS, SKETCH_CHUNK_ELEMENTS, check_inputs,
+                            feature_blocks, interpreting, select_plan, tile_config)
 
 _LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
+# While 2 log2(e)/tau <= 126 no exponent leaves fp32's normal range with the fixed maximum 1/tau.
+FIXED_MAX_MIN_TAU = 2 * _LOG2E / 126
 
 
-def _row_index(name: str, t: torch.Tensor, m: int, n: int, device, allow_none: bool) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != m:
-        raise ValueError(f"{name} must be a 1-D tensor of {m} indices")
-    if t.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"{name} must hold integers (int64 or int32), got {t.dtype}")
-    t = t.to(device=device, dtype=torch.int64).contiguous()
-    low = -1 if allow_none else 0
-    if m and (int(t.min()) < low or int(t.max()) >= n):
-        raise ValueError(f"{name} must lie in [{low}, {n}), got values in [{int(t.min())}, {int(t.max())}]")
-    return t
+# ---------------------------------------------------------------------------------------- inputs
+class _Operands:
+    """Contiguous inputs, fp32 norms / inverse norms (one kernel), and the constexprs of the tiles."""
+
+    def __init__(self, a: torch.Tensor, c: torch.Tensor | None):
+        self.a = a
+        self.c = a if c is None else c
+        self.cfg = tile_config()
+        self.na, self.inv_a = _norms(a, self.cfg)
+        self.nc, self.inv_c = (self.na, self.inv_a) if c is None else _norms(self.c, self.cfg)
+        self.norm_div = a.dtype == torch.float32
+        # fp32 inputs: "ieee" keeps the similarities (and so the masks near the threshold) at fp32
+        # accuracy; tf32 would move s by ~1e-3 and flip many decisions against the reference.
+        self.precision = "ieee" if self.norm_div else "tf32"
+        self.single_k, self.block_d, self.block_dout = feature_blocks(self.cfg, a.shape[1],
+                                                                      half=not self.norm_div)
+
+    @property
+    def m(self) -> int:
+        return self.a.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.c.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.a.shape[1]
+
+    def scales(self):
+        """Row scales the tiles take: norms (fp32 inputs, divided on load) or inverse norms."""
+        return (self.na, self.nc) if self.norm_div else (self.inv_a, self.inv_c)
+
+    def sim(self):
+        ra, rc = self.scales()
+        return (self.a, self.c, ra, rc)
+
+    def meta(self, **extra):
+        cfg = self.cfg
+        return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=self.block_d, SINGLE_K=self.single_k,
+                    NORM_DIV=self.norm_div, UPCAST=interpreting(), PRECISION=self.precision,
+                    num_warps=cfg.num_warps, num_stages=cfg.num_stages, **extra)
+
+    def grid(self, rows: int):
+        return (triton.cdiv(rows, self.cfg.block_m),)
 
 
-class _Hex(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, anchors, candidates, p: Prepared, pos, slf, eps_t, rmin, rden, ga, gc,
-                rule_id: int, temperature: float, weight: float, pos_in_den: bool):
-        m, n = p.m, p.n
-        dev = p.a.device
-        stats = torch.empty((m, STAT_FIELDS), device=dev, dtype=torch.float32)
-        scale2 = _LOG2E / temperature
-        grid = (triton.cdiv(m, p.cfg.block_m),)
-        _lse_kernel[grid](*p.sim_args(), pos, slf, eps_t, rmin, rden, ga, gc, stats, m, n, p.d,
-                          p.a.stride(0), p.c.stride(0), scale2, RULE=rule_id, **p.sim_meta())
-        m_r, s_r, m_h, s_h, s_pos, n_h = stats.unbind(1)
-        neg_inf = torch.full_like(m_r, -math.inf)
-        part_r = torch.where(s_r > 0, m_r + torch.log2(s_r), neg_inf)
-        part_h = (torch.where(s_h > 0, m_h + torch.log2(s_h), neg_inf) + math.log2(weight)
-                  if weight > 0 else neg_inf)
-        lse2 = torch.logaddexp2(part_r, part_h)
-        if pos_in_den:
-            lse2 = torch.logaddexp2(lse2, s_pos * scale2)
-        empty = torch.isneginf(lse2)
-        per_row = torch.where(empty, torch.zeros_like(lse2), _LN2 * lse2 - s_pos / temperature)
-        loss = per_row.sum() / m
-        ctx.p, ctx.rule_id, ctx.temperature, ctx.weight, ctx.pos_in_den = (
-            p, rule_id, temperature, weight, pos_in_den)
-        ctx.save_for_backward(pos, slf, eps_t, rmin, rden, ga, gc, torch.where(empty, 0.0, lse2),
-                              (~empty).float())
-        ctx.same = anchors is candidates
-        n_h = n_h.to(torch.int64)
-        ctx.mark_non_differentiable(n_h, empty)
-        return loss, n_h, empty
+def _norms(x: torch.Tensor, cfg):
+    norm = torch.empty(x.shape[0], device=x.device, dtype=torch.float32)
+    inv = torch.empty_like(norm)
+    bd = min(256, max(16, triton.next_power_of_2(x.shape[1])))
+    K._norms_kernel[(triton.cdiv(x.shape[0], cfg.block_m),)](x, norm, inv, x.shape[0], x.shape[1], x.stride(0),
+                                                             BLOCK_M=cfg.block_m, BLOCK_D=bd)
+    return norm, inv
 
-    @staticmethod
-    def backward(ctx, g_loss, _g_nh, _g_empty):
-        pos, slf, eps_t, rmin, rden, ga, gc, lse2, live = ctx.saved_tensors
-        p: Prepared = ctx.p
-        m, n, d = p.m, p.n, p.d
-        gscale = (live * (g_loss.float() / m)).contiguous()
-        args = (*p.sim_args(), pos, slf, eps_t, rmin, rden, ga, gc, lse2.contiguous(), gscale)
-        scalars = (m, n, d, p.a.stride(0), p.c.stride(0), _LOG2E / ctx.temperature,
-                   1.0 / ctx.temperature, float(ctx.weight))
-        _, _, block_dout = p.blocks
-        meta = dict(POS_IN_DEN=ctx.pos_in_den, RULE=ctx.rule_id, BLOCK_DOUT=block_dout,
-                    **p.sim_meta())
-        d_chunks = triton.cdiv(d, block_dout)
-        need_a, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_a = grad_c = None
-        if need_a:
-            dz = torch.empty((m, d), device=p.a.device, dtype=torch.float32)
-            _bwd_rows_kernel[(triton.cdiv(m, p.cfg.block_m), d_chunks)](*args, dz, *scalars, **meta)
-            grad_a = _through_normalize(p.a, p.inv_a, dz)
-        if need_c:
-            dz = torch.empty((n, d), device=p.a.device, dtype=torch.float32)
-            _bwd_cols_kernel[(triton.cdiv(n, p.cfg.block_n), d_chunks)](*args, dz, *scalars, **meta)
-            grad_c = _through_normalize(p.c, p.inv_c, dz)
-        return (grad_a, grad_c) + (None,) * 12
+
+def _dummy(dev, dtype=torch.float32):
+    return torch.empty(1, device=dev, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------- selection
+def _nearest_rank_kth(n: int, q: float) -> int:
+    """1-based kth largest that torch.quantile(row, q, interpolation="nearest") picks of n values.
+
+    The arithmetic of hexfast.reference.nearest_rank_index (q stored as float32, the rank formed in
+    double and rounded half to even) without creating a tensor (tests check they agree)."""
+    import numpy as np
+
+    return n - int(round(float(np.float32(q)) * (n - 1)))
+
+
+def _select(op: _Operands, pos, slf, half: int, kth: int, lse: dict | None):
+    """The sketch, the fused pass and the finisher. Returns (kth values [M], status [M], state).
+
+    With `lse` (the loss settings) the fused pass also accumulates the split sums; `state` then
+    holds what the settling needs (row stats, buffer, band)."""
+    m, n, dev = op.m, op.n, op.a.device
+    plan = select_plan(n, kth)
+    s = plan.samples
+    chunk = max(op.cfg.block_m, (SKETCH_CHUNK_ELEMENTS // s) // op.cfg.block_m * op.cfg.block_m)
+    sk = torch.empty((min(m, chunk), s), device=dev, dtype=torch.float32)
+    parts = []
+    for row0 in range(0, m, chunk):  # one chunk unless m * S is large
+        rows = min(chunk, m - row0)
+        K._sketch_kernel[op.grid(rows)](*op.sim(), sk, row0, row0 + rows, n, s, op.d, op.a.stride(0),
+                                        op.c.stride(0), **op.meta())
+        parts.append(torch.topk(sk[:rows], plan.top, dim=1, sorted=True).values)
+    tv = parts[0] if len(parts) == 1 else torch.cat(parts)
+    band = tv.mean(dim=0)  # eps band ends: band[e_lo_at], band[e_hi_at]
+    buf = torch.empty((m, plan.cap), device=dev, dtype=torch.float32)
+    rs = torch.empty((m, K.RS_FIELDS), device=dev, dtype=torch.float32)
+    dummy = _dummy(dev)
+    settings = lse or {}
+    scale2 = _LOG2E / settings.get("temperature", 1.0)
+    fixed_max = settings.get("temperature", 1.0) >= FIXED_MAX_MIN_TAU
+    K._fwd_kernel[op.grid(m)](*op.sim(), pos, slf, band, dummy, dummy, dummy, dummy, tv, buf, rs, dummy,
+                              dummy, dummy, m, n, op.d, op.a.stride(0), op.c.stride(0), half, plan.top,
+                              plan.j_lo, plan.j_hi, plan.e_lo_at, plan.e_hi_at, plan.cap, scale2, 0.0, 0.0,
+                              0.0, RULE=1, SQUARE=half > 0, SELECT=True, LSE=lse is not None, HAS_HI=plan.j_hi >= 0,
+                              FIXED_MAX=fixed_max, HAS_W=False, POS_IN_DEN=False, **op.meta())
+    kth_v = torch.empty(m, device=dev, dtype=torch.float32)
+    status = torch.empty(m, device=dev, dtype=torch.int8)
+    thr = torch.empty((m, SELECT_THRESHOLDS), device=dev, dtype=torch.float32)
+    # rows per bisection step: a [SUB, CAP] block in registers (the interpreter: the whole block)
+    sub = op.cfg.block_m if interpreting() else max(1, min(op.cfg.block_m, 4096 // plan.cap))
+    K._select_kernel[op.grid(m)](*op.sim(), pos, slf, tv, buf, rs, thr, kth_v, status, m, n, op.d,
+                                 op.a.stride(0), op.c.stride(0), half, plan.top, plan.j_lo, plan.j_hi,
+                                 plan.cap, kth, SQUARE=half > 0, CAP=plan.cap, NT=SELECT_THRESHOLDS, SUB=sub,
+                                 MAX_PASSES=MAX_REPAIR_PASSES, **op.meta())
+    return kth_v, status, dict(plan=plan, band=band, buf=buf, rs=rs, fixed_max=fixed_max)
+
+
+# ---------------------------------------------------------------------------------------- forward
+def _forward(op: _Operands, pos, slf, half: int, rule: int, eps_in, ga, gc, quantile: float,
+             temperature: float, weight: float, pos_in_den: bool):
+    """(totals [4] fp64, eps [1], lse2 [M], gmul [M], rmin, rden) -- fresh tensors, none aliasing
+    another or an input (rmin/rden are [M] for the fixed rule, placeholders [1] otherwise)."""
+    m, n, dev = op.m, op.n, op.a.device
+    dummy = _dummy(dev)
+    lse2 = torch.empty(m, device=dev, dtype=torch.float32)
+    gmul = torch.empty(m, device=dev, dtype=torch.float32)
+    rout = torch.empty((m, K.ROUT_FIELDS), device=dev, dtype=torch.float64)
+    rmin, rden = _dummy(dev), _dummy(dev)
+    scale2 = _LOG2E / temperature
+    fixed_max = temperature >= FIXED_MAX_MIN_TAU
+    common = dict(HAS_W=weight > 0, POS_IN_DEN=pos_in_den, FIXED_MAX=fixed_max, SQUARE=half > 0)
+    log2w = math.log2(weight) if weight > 0 else 0.0
+    if rule == RULE_IDS["adaptive"] and eps_in is None:
+        lse = dict(temperature=temperature)
+        kth_v, _, st = _select(op, pos, slf, half, _nearest_rank_kth(n, quantile), lse)
+        eps = kth_v.mean().reshape(1)  # the reference's op over the same fp32 vector
+        plan = st["plan"]
+        K._settle_kernel[op.grid(m)](*op.sim(), pos, slf, eps, st["band"], gc, st["buf"], st["rs"], lse2, gmul,
+                                     rout, m, n, op.d, op.a.stride(0), op.c.stride(0), half, plan.e_lo_at,
+                                     plan.e_hi_at, plan.cap, scale2, 1.0 / temperature, log2w, 1.0 / m,
+                                     CAP=plan.cap, CHUNK=min(plan.cap, 128), **common, **op.meta())
+    else:
+        if eps_in is None:
+            eps = torch.full((1,), math.nan, device=dev, dtype=torch.float32)
+        else:
+            eps = eps_in.detach().to(device=dev, dtype=torch.float32).reshape(1).clone()
+        if rule == RULE_IDS["fixed"]:
+            rmin = torch.empty(m, device=dev, dtype=torch.float32)
+            rden = torch.empty_like(rmin)
+            K._minmax_kernel[op.grid(m)](*op.sim(), rmin, rden, m, n, op.d, op.a.stride(0), op.c.stride(0),
+                                         **op.meta())
+        K._fwd_kernel[op.grid(m)](*op.sim(), pos, slf, eps, rmin, rden, ga, gc, dummy, dummy, dummy, lse2, gmul,
+                                  rout, m, n, op.d, op.a.stride(0), op.c.stride(0), half, 1, -1, -1, 0, 0, 1,
+                                  scale2, 1.0 / temperature, log2w, 1.0 / m, RULE=rule, SELECT=False, LSE=True,
+                                  HAS_HI=False,
+                                  **common, **op.meta())
+    return rout.sum(dim=0), eps, lse2, gmul, rmin, rden
+
+
+def _backward(op: _Operands, g_totals, pos, slf, half: int, rule: int, eps, ga, gc, lse2, gmul, rmin, rden,
+              temperature: float, weight: float, pos_in_den: bool, need_a: bool, need_c: bool, square: bool):
+    m, n = op.m, op.n
+    ra, rc = op.scales()
+    scal = (half, _LOG2E / temperature, 1.0 / temperature, float(weight), 1.0 / m)
+    meta = dict(SQUARE=half > 0, RULE=rule, POS_IN_DEN=pos_in_den, FUSE_NORM=op.single_k,
+                BLOCK_DOUT=op.block_dout, **op.meta())
+    d_chunks = triton.cdiv(op.d, op.block_dout)
+    stats = (pos, slf, rmin, rden, ga, gc, lse2, gmul, g_totals, eps)
+
+    def launch(x, y, rx, ry, inv, rows, others, own_anchor, other_anchor):
+        out = torch.empty((rows, op.d), device=x.device, dtype=x.dtype if op.single_k else torch.float32)
+        K._bwd_kernel[(triton.cdiv(rows, op.cfg.block_m), d_chunks)](
+            x, y, rx, ry, inv, *stats, out, rows, others, op.d, x.stride(0), y.stride(0), out.stride(0), *scal,
+            OWN_ANCHOR=own_anchor, OTHER_ANCHOR=other_anchor, **meta)
+        return out if op.single_k else _through_normalize(x, inv, out)
+
+    if square:
+        return launch(op.a, op.a, ra, ra, op.inv_a, m, m, True, True), None
+    da = launch(op.a, op.c, ra, rc, op.inv_a, m, n, True, False) if need_a else None
+    dc = launch(op.c, op.a, rc, ra, op.inv_c, n, m, False, True) if need_c else None
+    return da, dc
 
 
 def _through_normalize(x: torch.Tensor, inv_norm: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Backward of z = x / max(|x|, 1e-12): (g - z (z.g)) / |x|, or g / 1e-12 where clamped."""
+    """Backward of z = x / max(|x|, 1e-12) for the K-loop path (D > 256): (g - z (z.g)) / |x|."""
     z = x.float() * inv_norm[:, None]
     clamped = (inv_norm >= 1e12)[:, None]  # |x| <= 1e-12: z = x * 1e12 is linear in x
     radial = z * (z * g).sum(dim=1, keepdim=True)
-    out = torch.where(clamped, g, g - radial) * inv_norm[:, None]
-    return out.to(x.dtype)
+    return (torch.where(clamped, g, g - radial) * inv_norm[:, None]).to(x.dtype)
 
 
-def _eps_tensor(eps, device) -> torch.Tensor:
+# ----------------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("hexfast_kernels::square", mutates_args=())
+def _square_op(x: torch.Tensor, groups: torch.Tensor | None, eps_in: torch.Tensor | None, half: int, rule: int,
+               quantile: float, temperature: float, weight: float, pos_in_den: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two-view HEX of x = cat[z1, z2] ([2B, D], half = B): (totals, eps, lse2, gmul, rmin, rden)."""
+    dev = x.device
+    g = groups if groups is not None else _dummy(dev, torch.int64)
+    idx = _dummy(dev, torch.int64)  # the square case computes each row's positive and self
+    return _forward(_Operands(x, None), idx, idx, half, rule, eps_in, g, g, quantile, temperature, weight,
+                    pos_in_den)
+
+
+@_square_op.register_fake
+def _square_fake(x, groups, eps_in, half, rule, quantile, temperature, weight, pos_in_den):
+    n = x.shape[0]
+    k = n if rule == RULE_IDS["fixed"] else 1
+    f = dict(device=x.device, dtype=torch.float32)
+    return (x.new_empty(K.ROUT_FIELDS, dtype=torch.float64), x.new_empty(1, **f), x.new_empty(n, **f),
+            x.new_empty(n, **f), x.new_empty(k, **f), x.new_empty(k, **f))
+
+
+@torch.library.custom_op("hexfast_kernels::square_backward", mutates_args=())
+def _square_bwd_op(g_totals: torch.Tensor, x: torch.Tensor, groups: torch.Tensor | None, eps: torch.Tensor,
+                   lse2: torch.Tensor, gmul: torch.Tensor, rmin: torch.Tensor, rden: torch.Tensor, half: int,
+                   rule: int, temperature: float, weight: float, pos_in_den: bool) -> torch.Tensor:
+    op = _Operands(x, None)
+    dev = x.device
+    g = groups if groups is not None else _dummy(dev, torch.int64)
+    idx = _dummy(dev, torch.int64)
+    dx, _ = _backward(op, g_totals.contiguous(), idx, idx, half, rule, eps, g, g, lse2, gmul, rmin, rden,
+                      temperature, weight, pos_in_den, True, False, square=True)
+    return dx
+
+
+@_square_bwd_op.register_fake
+def _square_bwd_fake(g_totals, x, groups, eps, lse2, gmul, rmin, rden, half, rule, temperature, weight,
+                     pos_in_den):
+    return torch.empty_like(x)
+
+
+def _square_setup(ctx, inputs, output):
+    x, groups, eps_in, half, rule, quantile, temperature, weight, pos_in_den = inputs
+    _, eps, lse2, gmul, rmin, rden = output
+    ctx.save_for_backward(x, groups, eps, lse2, gmul, rmin, rden)
+    ctx.args = (half, rule, temperature, weight, pos_in_den)
+    ctx.set_materialize_grads(False)  # only the loss (totals[0]) carries a gradient
+
+
+def _square_backward(ctx, g_totals, *_):
+    x, groups, eps, lse2, gmul, rmin, rden = ctx.saved_tensors
+    if g_totals is None:
+        return (None,) * 9
+    dx = _square_bwd_op(g_totals, x, groups, eps, lse2, gmul, rmin, rden, *ctx.args)
+    return (dx,) + (None,) * 8
+
+
+_square_op.register_autograd(_square_backward, setup_context=_square_setup)
+
+
+@torch.library.custom_op("hexfast_kernels::rect", mutates_args=())
+def _rect_op(a: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, slf: torch.Tensor, ga: torch.Tensor | None,
+             gc: torch.Tensor | None, eps_in: torch.Tensor | None, rule: int, temperature: float, weight: float,
+             pos_in_den: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                        torch.Tensor]:
+    op = _Operands(a, c)
+    dev = a.device
+    ga_t = ga if ga is not None else _dummy(dev, torch.int64)
+    gc_t = gc if gc is not None else _dummy(dev, torch.int64)
+    return _forward(op, pos, slf, 0, rule, eps_in, ga_t, gc_t, 0.5, temperature, weight, pos_in_den)
+
+
+@_rect_op.register_fake
+def _rect_fake(a, c, pos, slf, ga, gc, eps_in, rule, temperature, weight, pos_in_den):
+    m = a.shape[0]
+    f = dict(device=a.device, dtype=torch.float32)
+    k = m if rule == RULE_IDS["fixed"] else 1
+    return (a.new_empty(K.ROUT_FIELDS, dtype=torch.float64), a.new_empty(1, **f), a.new_empty(m, **f),
+            a.new_empty(m, **f), a.new_empty(k, **f), a.new_empty(k, **f))
+
+
+@torch.library.custom_op("hexfast_kernels::rect_backward", mutates_args=())
+def _rect_bwd_op(g_totals: torch.Tensor, a: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, slf: torch.Tensor,
+                 ga: torch.Tensor | None, gc: torch.Tensor | None, eps: torch.Tensor, lse2: torch.Tensor,
+                 gmul: torch.Tensor, rmin: torch.Tensor, rden: torch.Tensor, rule: int, temperature: float,
+                 weight: float, pos_in_den: bool, need_a: bool, need_c: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    op = _Operands(a, c)
+    dev = a.device
+    ga_t = ga if ga is not None else _dummy(dev, torch.int64)
+    gc_t = gc if gc is not None else _dummy(dev, torch.int64)
+    da, dc = _backward(op, g_totals.contiguous(), pos, slf, 0, rule, eps, ga_t, gc_t, lse2, gmul, rmin, rden,
+                       temperature, weight, pos_in_den, need_a, need_c, square=False)
+    return (da if da is not None else torch.zeros_like(a), dc if dc is not None else torch.zeros_like(c))
+
+
+@_rect_bwd_op.register_fake
+def _rect_bwd_fake(g_totals, a, c, pos, slf, ga, gc, eps, lse2, gmul, rmin, rden, rule, temperature, weight,
+                   pos_in_den, need_a, need_c):
+    return torch.empty_like(a), torch.empty_like(c)
+
+
+def _rect_setup(ctx, inputs, output):
+    a, c, pos, slf, ga, gc, eps_in, rule, temperature, weight, pos_in_den = inputs
+    _, eps, lse2, gmul, rmin, rden = output
+    ctx.save_for_backward(a, c, pos, slf, ga, gc, eps, lse2, gmul, rmin, rden)
+    ctx.args = (rule, temperature, weight, pos_in_den)
+    ctx.set_materialize_grads(False)
+
+
+def _rect_backward(ctx, g_totals, *_):
+    a, c, pos, slf, ga, gc, eps, lse2, gmul, rmin, rden = ctx.saved_tensors
+    if g_totals is None:
+        return (None,) * 11
+    need_a, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    da, dc = _rect_bwd_op(g_totals, a, c, pos, slf, ga, gc, eps, lse2, gmul, rmin, rden, *ctx.args, need_a,
+                          need_c)
+    return (da if need_a else None, dc if need_c else None) + (None,) * 9
+
+
+_rect_op.register_autograd(_rect_backward, setup_context=_rect_setup)
+
+
+# ------------------------------------------------------------------------------------ entry points
+def _stats(totals, eps, rule: int):
+    """The stats dict from the summed per-row outputs (4 small ops, no host synchronisation)."""
+    t32 = totals.detach().float()
+    counts = totals.detach()[1:].to(torch.int64)  # |H|, empty rows, negatives, rows
+    return {
+        "eps": eps.detach().reshape(()) if rule in (RULE_IDS["adaptive"], RULE_IDS["fixed"])
+        else torch.full((), math.nan, device=eps.device, dtype=torch.float32),
+        "hier_fraction": t32[1] / t32[3].clamp_min(1),
+        "hier_count": counts[0],
+        "neg_count": counts[2],
+        "empty_rows": counts[1],
+        "rows": counts[3],
+    }
+
+
+def _eps_arg(eps, dev):
     if eps is None:
-        return torch.full((1,), math.nan, device=device, dtype=torch.float32)
-    return torch.as_tensor(eps, dtype=torch.float32, device=device).detach().reshape(1).clone()
-
-
-def hex_rect(anchors, candidates, pos_index, self_index, *, temperature: float, rule: str,
-             eps=None, hierarchy_weight: float = 0.0, positive_in_denominator: bool = False,
-             anchor_groups=None, candidate_groups=None):
-    """The fused HEX loss of anchors [M, D] against candidates [N, D]; see hexfast.reference.hex_rect.
-
-    For rule "adaptive" the caller gives eps (e.g. all-reduced mean of `row_quantiles`); for "fixed"
-    eps is the threshold on the min-max normalised cosine. Returns (loss, stats) with the same keys
-    as the reference.
-    """
-    if rule not in RULE_IDS:
-        raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULE_IDS)}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-    if not hierarchy_weight >= 0:
-        raise ValueError(f"hierarchy_weight must be >= 0, got {hierarchy_weight!r}")
-    if rule in ("adaptive", "fixed") and eps is None:
-        raise ValueError(f"rule {rule!r} needs eps")
-    a = anchors.detach()
-    p = prepare(a, a if candidates is anchors else candidates.detach())
-    m, n = p.m, p.n
-    pos = _row_index("pos_index", pos_index, m, n, p.a.device, allow_none=False)
-    slf = _row_index("self_index", self_index, m, n, p.a.device, allow_none=True)
-    return _hex_rect(anchors, candidates, p, pos, slf, temperature=temperature, rule=rule, eps=eps,
-                     hierarchy_weight=hierarchy_weight,
-                     positive_in_denominator=positive_in_denominator,
-                     anchor_groups=anchor_groups, candidate_groups=candidate_groups)
-
-
-def _hex_rect(anchors, candidates, p: Prepared, pos, slf, *, temperature, rule, eps,
-              hierarchy_weight, positive_in_denominator, anchor_groups, candidate_groups):
-    """hex_rect after validation (pos/slf: int64 indices already checked)."""
-    m, n = p.m, p.n
-    dev = p.a.device
-    dummy = torch.zeros(1, device=dev, dtype=torch.float32)
-    rmin = rden = dummy
-    ga = gc = torch.zeros(1, device=dev, dtype=torch.int64)
-    eps_t = _eps_tensor(eps if rule in ("adaptive", "fixed") else None, dev)
-    if rule == "fixed":
-        with torch.no_grad():
-            rmin, rmax = row_min_max(p)
-            rden = rmax - rmin
-    if rule == "groups":
-        if anchor_groups is None or candidate_groups is None:
-            raise ValueError("rule 'groups' needs anchor_groups [M] and candidate_groups [N]")
-        ga = _labels("anchor_groups", anchor_groups, m, dev)
-        gc = _labels("candidate_groups", candidate_groups, n, dev)
-    rule_id = RULE_IDS[rule]
-    loss, n_h, empty = _Hex.apply(anchors, candidates, p, pos, slf, eps_t, rmin, rden, ga, gc,
-                                  rule_id, float(temperature), float(hierarchy_weight),
-                                  bool(positive_in_denominator))
-    with torch.no_grad():
-        special = 1 + ((slf >= 0) & (slf != pos)).to(torch.int64)
-        neg_count = (n - special).sum()
-        hier_count = n_h.sum()
-        eps_value = (eps_t.reshape(()).clone() if rule in ("adaptive", "fixed")
-                     else torch.tensor(math.nan, device=dev, dtype=torch.float32))
-        stats = {
-            "eps": eps_value,
-            "hier_fraction": hier_count.float() / neg_count.clamp_min(1).float(),
-            "hier_count": hier_count,
-            "neg_count": neg_count,
-            "empty_rows": empty.sum(),
-            "rows": torch.tensor(m, device=dev),
-        }
-    return loss, stats
-
-
-def _labels(name: str, g, rows: int, device) -> torch.Tensor:
-    if not isinstance(g, torch.Tensor) or g.dim() != 1 or g.shape[0] != rows:
-        raise ValueError(f"{name} must be a 1-D tensor of {rows} labels")
-    if g.is_floating_point() or g.is_complex():
-        raise TypeError(f"{name} must hold integer labels, got {g.dtype}")
-    return g.to(device=device, dtype=torch.int64).contiguous()
+        return None
+    return torch.as_tensor(eps, dtype=torch.float32, device=dev).detach().reshape(1).clone()
 
 
 def hex_loss_triton(z1, z2, *, temperature: float = 0.1, threshold="adaptive", quantile: float = 0.99,
-                    hierarchy_weight: float = 0.0, positive_in_denominator: bool = False, groups=None):
-    """The two-view HEX loss through the fused kernel; same arguments and result as hex_reference."""
+                    hierarchy_weight: float = 0.0, positive_in_denominator: bool = False, groups=None, eps=None):
+    """The two-view HEX loss through the fused kernel; same arguments and result as hex_reference.
+
+    `eps` (optional, adaptive only) replaces the quantile rule by a given raw-cosine threshold."""
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"z1 and z2 must both be [B, D] with the same shape, got {tuple(z1.shape)} "
                          f"and {tuple(z2.shape)}")
     batch = z1.shape[0]
     if batch < 2:
         raise ValueError(f"HEX needs a batch of at least 2, got B={batch}")
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-    if not hierarchy_weight >= 0:
-        raise ValueError(f"hierarchy_weight must be >= 0, got {hierarchy_weight!r}")
-    x = torch.cat([z1, z2], dim=0)
-    n = 2 * batch
-    rows = torch.arange(n, device=x.device)
-    pos, slf = (rows + batch) % n, rows  # valid by construction: no host round trip to check
-    eps, labels = None, None
-    xd = x.detach()
-    p = prepare(xd, xd)
+    x = check_inputs("z1/z2", torch.cat([z1, z2], dim=0))
+    dev = x.device
+    fixed_eps = None
     if groups is not None:
-        rule = "groups"
-        labels = torch.cat([groups, groups]).to(x.device)
-    elif isinstance(threshold, str):
-        if threshold not in ("adaptive", "none"):
-            raise ValueError(f"threshold must be 'adaptive', 'none' or a float in [0, 1], got {threshold!r}")
-        rule = threshold
-        if rule == "adaptive":
-            if not 0.0 <= float(quantile) <= 1.0:
-                raise ValueError(f"quantile must lie in [0, 1], got {quantile}")
-            with torch.no_grad():
-                eps = kth_largest(p, nearest_rank_kth(n, float(quantile))).mean()
+        rule, labels = RULE_IDS["groups"], torch.cat([groups, groups]).to(device=dev, dtype=torch.int64)
     else:
-        rule, eps = "fixed", float(threshold)
-    return _hex_rect(x, x, p, pos, slf, temperature=temperature, rule=rule, eps=eps,
-                     hierarchy_weight=hierarchy_weight,
-                     positive_in_denominator=positive_in_denominator,
-                     anchor_groups=labels, candidate_groups=labels)
+        labels = None
+        if isinstance(threshold, str):
+            if threshold not in ("adaptive", "none"):
+                raise ValueError(f"threshold must be 'adaptive', 'none' or a float in [0, 1], got {threshold!r}")
+            rule = RULE_IDS[threshold]
+        else:
+            rule, fixed_eps = RULE_IDS["fixed"], float(threshold)
+    eps_in = _eps_arg(fixed_eps if rule == RULE_IDS["fixed"] else eps if rule == RULE_IDS["adaptive"] else None,
+                      dev)
+    totals, eps_t, *_ = _square_op(x, labels, eps_in, batch, rule, float(quantile), float(temperature),
+                                   float(hierarchy_weight), bool(positive_in_denominator))
+    return totals[0].float(), _stats(totals, eps_t, rule)
+
+
+def hex_rect(anchors, candidates, pos_index, self_index, *, temperature: float, rule: str, eps=None,
+             hierarchy_weight: float = 0.0, positive_in_denominator: bool = False, anchor_groups=None,
+             candidate_groups=None):
+    """The fused HEX loss of anchors [M, D] against candidates [N, D]; see hexfast.reference.hex_rect.
+
+    For rule "adaptive" the caller gives eps (e.g. the all-reduced mean of `row_quantiles`); for
+    "fixed" eps is the threshold on the min-max normalised cosine. Returns (loss, stats) with the same
+    keys as the reference. Index values are the caller's responsibility (hexfast.hex_loss checks
+    them where that costs no device synchronisation)."""
+    if rule not in RULE_IDS:
+        raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULE_IDS)}")
+    if rule in ("adaptive", "fixed") and eps is None:
+        raise ValueError(f"rule {rule!r} needs eps")
+    a = check_inputs("anchors", anchors)
+    c = a if candidates is anchors else check_inputs("candidates", candidates)
+    if a.shape[1] != c.shape[1] or a.dtype != c.dtype or a.device != c.device:
+        raise ValueError("anchors and candidates need the same D, dtype and device, got "
+                         f"{tuple(a.shape)} {a.dtype} {a.device} and {tuple(c.shape)} {c.dtype} {c.device}")
+    m, dev = a.shape[0], a.device
+    for name, t in (("pos_index", pos_index), ("self_index", self_index)):
+        if not isinstance(t, torch.Tensor) or t.shape != (m,) or t.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{name} must be a 1-D integer tensor of {m} indices")
+    ga = gc = None
+    if rule == "groups":
+        if anchor_groups is None or candidate_groups is None:
+            raise ValueError("rule 'groups' needs anchor_groups [M] and candidate_groups [N]")
+        ga = anchor_groups.to(device=dev, dtype=torch.int64).contiguous()
+        gc = candidate_groups.to(device=dev, dtype=torch.int64).contiguous()
+    rid = RULE_IDS[rule]
+    totals, eps_t, *_ = _rect_op(a, c, pos_index.to(device=dev, dtype=torch.int64).contiguous(),
+                                 self_index.to(device=dev, dtype=torch.int64).contiguous(), ga, gc,
+                                 _eps_arg(eps if rid in (1, 2) else None, dev), rid, float(temperature),
+                                 float(hierarchy_weight), bool(positive_in_denominator))
+    return totals[0].float(), _stats(totals, eps_t, rid)
+
+
+def row_quantiles(anchors: torch.Tensor, candidates: torch.Tensor, q: float, *, return_status: bool = False):
+    """Exact nearest-rank q-quantile of every row of S = normalize(anchors) normalize(candidates)^T.
+
+    anchors [M, D], candidates [N, D] (fp32 / bf16 / fp16, CUDA or the interpreter) -> [M] fp32, the
+    kth largest of the kernel's own similarities. Multi-process training: all-reduce
+    `row_quantiles(local, gathered, q).sum()` and the row count, and pass their ratio as eps.
+    `return_status`: also the per-row status (1: the sketch's bracket held, 2: repaired)."""
+    if not 0.0 <= float(q) <= 1.0:
+        raise ValueError(f"quantile must lie in [0, 1], got {q}")
+    with torch.no_grad():
+        a = check_inputs("anchors", anchors.detach())
+        c = a if candidates is anchors else check_inputs("candidates", candidates.detach())
+        if a.shape[1] != c.shape[1]:
+            raise ValueError(f"anchors and candidates need the same D, got {a.shape[1]} and {c.shape[1]}")
+        op = _Operands(a, None if c is a else c)
+        idx = torch.full((op.m,), -1, device=a.device, dtype=torch.int64)  # no positive, no self
+        kth_v, status, _ = _select(op, idx, idx, 0, _nearest_rank_kth(op.n, float(q)), None)
+    return (kth_v, status) if return_status else kth_v

@@ -235,12 +235,12 @@ def test_bad_input_is_rejected_clearly():
         hex_rect(x, x, pos, pos, temperature=0.1, rule="adaptve", eps=0.1)
     with pytest.raises(ValueError, match="needs eps"):
         hex_rect(x, x, pos, pos, temperature=0.1, rule="fixed")
+    # index VALUES and argument ranges are checked once, by hexfast.hex_loss (tests/test_hex_loss.py):
+    # reading them here would cost a device synchronisation per call
     with pytest.raises(ValueError, match="pos_index"):
-        hex_rect(x, x, pos + 3, pos, temperature=0.1, rule="none")
+        hex_rect(x, x, pos[:3], pos, temperature=0.1, rule="none")
     with pytest.raises(ValueError, match="groups"):
         hex_rect(x, x, pos, pos, temperature=0.1, rule="groups")
-    with pytest.raises(ValueError, match="temperature"):
-        hex_rect(x, x, pos, pos, temperature=0.0, rule="none")
     with pytest.raises(TypeError, match="supports"):
         hex_loss_triton(x[:3].double(), x[3:].double())
     with pytest.raises(ValueError, match="same shape"):
