@@ -19,61 +19,70 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels.config import GPU_CONFIG, SELECT_CAPACITY, SELECT_THRESHOLDS, feature_blocks
-from kernels.hex_kernels import _bwd_cols_kernel, _bwd_rows_kernel, _lse_kernel
-from kernels.quantile import _collect_kernel, _count_kernel, _minmax_kernel
+from kernels import hex_kernels as K
+from kernels.config import GPU_CONFIG, MAX_REPAIR_PASSES, SELECT_THRESHOLDS, feature_blocks, select_plan
 
 _TRITON_DTYPE = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-_ROW = ("POS", "SELF")
-_SIM = ("A", "C", "RA", "RC")
+_INPUTS = ("A", "C", "X", "Y")
+_I64 = ("POS", "SELF", "POSA", "SELFA", "GA", "GC")
+_F32_SCALARS = ("scale2", "inv_tau", "log2w", "inv_m", "weight")
+_POINTER_TYPES = {"ROUT": "*fp64", "GLOSS": "*fp64", "STATUS": "*i8"}
+_INTS = ("M", "N", "S", "D", "J", "M_own", "N_other")
 
 
-def _signature(fn, dtype: str, pointer_types: dict, constexprs: dict) -> dict:
+def _signature(fn, dtype: str, constexprs: dict, out_dtype: str | None = None) -> dict:
     """Argument name -> Triton type string (pointers, i32 scalars, fp32 scalars, constexpr)."""
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
-        elif name in ("A", "C"):
+        elif name in _INPUTS:
             sig[name] = "*" + dtype
-        elif name in pointer_types:
-            sig[name] = pointer_types[name]
-        elif name in ("scale2", "inv_tau", "weight"):
+        elif name == "DX":
+            sig[name] = "*" + (out_dtype or "fp32")
+        elif name in _I64:
+            sig[name] = "*i64"
+        elif name in _POINTER_TYPES:
+            sig[name] = _POINTER_TYPES[name]
+        elif name in _F32_SCALARS:
             sig[name] = "fp32"
+        elif name[0].isupper() and name not in _INTS:
+            sig[name] = "*fp32"
         else:
             sig[name] = "i32"
     return sig
 
 
-def kernel_specs(dtype: str = "bfloat16", rules=(1,), d: int = 128):
+def kernel_specs(dtype: str = "bfloat16", rules=(1,), d: int = 128, n: int = 8192):
     """(label, fn, signature, constexprs) for every kernel at the shipped GPU configuration for D = d."""
     tdt = _TRITON_DTYPE[dtype]
     cfg = GPU_CONFIG
-    single_k, block_d, block_dout = feature_blocks(cfg, d, half=dtype != "float32")
+    half = dtype != "float32"
+    single_k, block_d, block_dout = feature_blocks(cfg, d, half=half)
+    plan = select_plan(n, max(1, n // 100))
     common = dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d, SINGLE_K=single_k,
-                  NORM_DIV=dtype == "float32", UPCAST=False,
-                  PRECISION="ieee" if dtype == "float32" else "tf32")
-    f32 = "*fp32"
-    ptr = {"RA": f32, "RC": f32, "ROWS": "*i32", "THR": f32, "CLO": "*i32", "CHI": "*i32",
-           "REFINE": "*i8", "LO": f32, "HI": f32,
-           "BUF": f32, "OUT_MIN": f32, "OUT_MAX": f32, "POS": "*i64", "SELF": "*i64", "EPS": f32,
-           "RMIN": f32, "RDEN": f32, "GA": "*i64", "GC": "*i64", "OUT": f32, "LSE2": f32,
-           "GSCALE": f32, "DA": f32, "DC": f32}
+                  NORM_DIV=dtype == "float32", UPCAST=False, PRECISION="ieee" if dtype == "float32" else "tf32")
+    loss = dict(FIXED_MAX=True, HAS_W=True, POS_IN_DEN=False, SQUARE=True)
     specs = []
 
-    def add(label, fn, **const):
+    def add(label, fn, out_dtype=None, **const):
         c = dict(common, **const)
-        specs.append((f"{label}[{dtype},D{d}]", fn, _signature(fn, tdt, ptr, c), c))
+        specs.append((f"{label}[{dtype},D{d}]", fn, _signature(fn, tdt, c, out_dtype), c))
 
-    add("count", _count_kernel, NT=SELECT_THRESHOLDS, FIRST=False)
-    add("collect", _collect_kernel, CAP=SELECT_CAPACITY)
-    add("minmax", _minmax_kernel)
+    add("sketch", K._sketch_kernel)
+    add("fused", K._fwd_kernel, RULE=1, SELECT=True, LSE=True, HAS_HI=True, **loss)
+    add("select", K._select_kernel, SQUARE=True, CAP=plan.cap, NT=SELECT_THRESHOLDS,
+        SUB=max(1, min(cfg.block_m, 4096 // plan.cap)), MAX_PASSES=MAX_REPAIR_PASSES)
+    add("settle", K._settle_kernel, CAP=plan.cap, CHUNK=min(plan.cap, 128), **loss)
+    add("minmax", K._minmax_kernel)
     for rule in rules:
-        add(f"lse.rule{rule}", _lse_kernel, RULE=rule)
-        for pos_in_den in (False, True):
-            extra = dict(RULE=rule, POS_IN_DEN=pos_in_den, BLOCK_DOUT=block_dout)
-            add(f"bwd_rows.rule{rule}.pos{int(pos_in_den)}", _bwd_rows_kernel, **extra)
-            add(f"bwd_cols.rule{rule}.pos{int(pos_in_den)}", _bwd_cols_kernel, **extra)
+        add(f"lse.rule{rule}", K._fwd_kernel, RULE=rule, SELECT=False, LSE=True, HAS_HI=False, **loss)
+        bwd = dict(RULE=rule, POS_IN_DEN=False, SQUARE=True, FUSE_NORM=single_k, BLOCK_DOUT=block_dout)
+        out = tdt if single_k else "fp32"
+        add(f"bwd_square.rule{rule}", K._bwd_kernel, out, OWN_ANCHOR=True, OTHER_ANCHOR=True, **bwd)
+        rect = dict(bwd, SQUARE=False)
+        add(f"bwd_anchors.rule{rule}", K._bwd_kernel, out, OWN_ANCHOR=True, OTHER_ANCHOR=False, **rect)
+        add(f"bwd_candidates.rule{rule}", K._bwd_kernel, out, OWN_ANCHOR=False, OTHER_ANCHOR=True, **rect)
     return specs
 
 
@@ -102,7 +111,7 @@ def ptxas_resources(ptx: str, arch: int) -> dict:
 
 # Triton's launcher specialises pointers (16-byte aligned) and integers divisible by 16; compile
 # for that typical case (D, N, strides multiples of 16), as a launch at D = 128 would.
-_DIVISIBLE_INTS = ("N", "D", "stride_a", "stride_c")
+_DIVISIBLE_INTS = ("N", "D", "stride_a", "stride_c", "stride_x", "stride_y", "stride_dx")
 
 
 def _attrs(signature: dict) -> dict:

@@ -30,8 +30,8 @@ def report(tmp_path_factory):
 
 def test_every_kernel_compiles_for_sm90_and_sm80(report):
     labels = {(r["kernel"], r["arch"]) for r in report["kernels"]}
-    for name in ("count", "collect", "minmax", "lse.rule1", "bwd_rows.rule1.pos0",
-                 "bwd_rows.rule1.pos1", "bwd_cols.rule1.pos0", "bwd_cols.rule1.pos1"):
+    for name in ("sketch", "fused", "select", "settle", "minmax", "lse.rule1", "bwd_square.rule1",
+                 "bwd_anchors.rule1", "bwd_candidates.rule1"):
         for arch in ("sm_90", "sm_80"):
             assert (f"{name}[bfloat16,D128]", arch) in labels  # single-K path
         assert (f"{name}[bfloat16,D512]", "sm_90") in labels  # K-loop path
