@@ -13,7 +13,7 @@ from bench._loss_impls import LOSS_KW, machine
 
 
 def run(n: int, d: int = 128, dtype=torch.bfloat16) -> dict:
-    from kernels import hex_loss_triton
+    from hexfast.hex_loss import hex_loss
 
     b = n // 2
     z1 = torch.randn(b, d, device="cuda", dtype=dtype, requires_grad=True)
@@ -24,7 +24,7 @@ def run(n: int, d: int = 128, dtype=torch.bfloat16) -> dict:
     out = {}
     for _ in range(2):  # the first includes compilation
         t0 = time.perf_counter()
-        loss, stats = hex_loss_triton(z1, z2, **LOSS_KW)
+        loss, stats = hex_loss(z1, z2, kernel="triton", return_stats=True, **LOSS_KW)
         torch.cuda.synchronize()
         t1 = time.perf_counter()
         torch.autograd.grad(loss, [z1, z2])

@@ -3,7 +3,7 @@
 Implementations (same inputs, adaptive threshold, q = 0.99, w = 0, positive excluded):
   reference  hexfast.reference.hex_reference, eager
   compiled   torch.compile(hex_reference)
-  triton     kernels.hex_loss_triton (the fused kernel)
+  triton     hex_loss(kernel="triton") (the fused kernel)
   matmul3    the floor: S = x x^T (forward), then S x and S^T x (the backward's two products),
              plain torch.mm of the same shapes in the input dtype
 """
@@ -68,9 +68,9 @@ def loss_fn(impl: str):
             _compiled = torch.compile(lambda z1, z2: hex_reference(z1, z2, **LOSS_KW)[0])
         return _compiled
     if impl == "triton":
-        from kernels import hex_loss_triton
+        from hexfast.hex_loss import hex_loss
 
-        return lambda z1, z2: hex_loss_triton(z1, z2, **LOSS_KW)[0]
+        return lambda z1, z2: hex_loss(z1, z2, kernel="triton", **LOSS_KW)
     if impl == "matmul3":
         return None
     raise ValueError(f"unknown implementation {impl!r}; valid: {', '.join(IMPLS)}")

@@ -204,12 +204,13 @@ def hex_from_similarities(
     return loss, stats
 
 
-def hex_stats(eps, hier_count: Tensor, neg_count: Tensor, empty_rows: Tensor, rows: int) -> dict:
+def hex_stats(eps, hier_count: Tensor, neg_count: Tensor, empty_rows: Tensor, rows) -> dict:
     """The stats dict every backend returns (detached tensors on the counts' device).
 
     eps: the rule's threshold (number or 0-dim tensor; None for the rules without one: NaN);
     hier_count / neg_count: hierarchical / all negatives over the rows; empty_rows: rows whose
-    denominator was empty; rows: M.
+    denominator was empty; rows: M (an int, or a 0-dim int64 tensor on the counts' device).
+    Built from the counts with two ops when `rows` is a tensor (the fused kernel's launch budget).
     """
     device = hier_count.device
     eps_value = (  # filled / converted on the device: no host-to-device copy (a sync on a GPU)
@@ -219,11 +220,12 @@ def hex_stats(eps, hier_count: Tensor, neg_count: Tensor, empty_rows: Tensor, ro
     )
     return {
         "eps": eps_value.reshape(()),
-        "hier_fraction": hier_count.float() / neg_count.clamp_min(1).float(),
+        # true division of the integer counts computes in float32, as .float() / .float() would
+        "hier_fraction": torch.div(hier_count, neg_count.clamp_min(1)),
         "hier_count": hier_count,
         "neg_count": neg_count,
         "empty_rows": empty_rows,
-        "rows": torch.full((), rows, dtype=torch.long, device=device),
+        "rows": rows if isinstance(rows, Tensor) else torch.full((), rows, dtype=torch.long, device=device),
     }
 
 

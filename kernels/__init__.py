@@ -1,19 +1,19 @@
 """Fused Triton kernels for HEX. Imported lazily: a CPU-only install without Triton still works.
 
 `kernels.backend` is the kernel behind hexfast's backend protocol (`hexfast/backend.py`): what
-`hexfast.hex_loss` calls for kernel="triton". The kernel's own entry points `kernels.hex_loss_triton`,
-`kernels.hex_rect` and `kernels.row_quantiles` load Triton on first use (`import kernels` alone never
-does). Design: docs/kernel.md.
+`hexfast.hex_loss` calls for kernel="triton". `kernels.row_quantiles` (exact per-row quantiles of
+the kernel's own similarities) loads Triton on first use; `import kernels` alone never does.
+Design: docs/kernel.md.
 """
 
-__all__ = ["hex_loss_triton", "hex_rect", "row_quantiles"]
+__all__ = ["backend", "row_quantiles"]
 
 
 def __getattr__(name):
-    if name in ("hex_loss_triton", "hex_rect"):
-        from kernels import hex_triton
+    if name == "backend":
+        import importlib
 
-        return getattr(hex_triton, name)
+        return importlib.import_module("kernels.backend")
     if name == "row_quantiles":
         from kernels import hex_triton
 

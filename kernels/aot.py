@@ -73,7 +73,7 @@ def kernel_specs(dtype: str = "bfloat16", rules=(1,), d: int = 128, n: int = 819
     add("fused", K._fwd_kernel, RULE=1, SELECT=True, LSE=True, HAS_HI=True, **loss)
     add("select", K._select_kernel, SQUARE=True, CAP=plan.cap, NT=SELECT_THRESHOLDS,
         SUB=max(1, min(cfg.block_m, 4096 // plan.cap)), MAX_PASSES=MAX_REPAIR_PASSES)
-    add("settle", K._settle_kernel, CAP=plan.cap, CHUNK=min(plan.cap, 128), **loss)
+    add("settle", K._settle_kernel, CAP=plan.cap, CHUNK=min(plan.cap, 32), **loss)
     add("minmax", K._minmax_kernel)
     for rule in rules:
         add(f"lse.rule{rule}", K._fwd_kernel, RULE=rule, SELECT=False, LSE=True, HAS_HI=False, **loss)

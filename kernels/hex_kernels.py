@@ -295,20 +295,25 @@ def _fwd_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, TV, BUF, RS, L
 
 
 @triton.jit
-def _bisect(BUF, rows, row_ok, cap, n_buf, lo, hi, rank, x1, x2, CAP: tl.constexpr):
-    """Per row: the rank-th largest (1-based) of {buffer values in [lo, hi)} + {x1, x2 in [lo, hi)}.
-
-    Bisection on the order-preserving key: the invariant #{v >= key_lo} >= rank > #{v >= key_hi}
-    holds from the start (the caller checked it) and 32 halvings reach adjacent keys, so key_lo is
-    the wanted value's key. The buffer rows (at most CAP values each) stay in registers.
-    """
+def _load_buffer(BUF, rows, row_ok, cap, n_buf, CAP: tl.constexpr):
+    """[len(rows), CAP] buffer values (slots past n_buf: -inf)."""
     slots = tl.arange(0, CAP)
-    v = tl.load(BUF + rows[:, None] * cap + slots[None, :],
-                mask=row_ok[:, None] & (slots[None, :] < n_buf[:, None]), other=float("-inf"))
-    inside = (v >= lo[:, None]) & (v < hi[:, None])
-    kv = tl.where(inside, fkey(v), -1)
+    return tl.load(BUF + rows[:, None] * cap + slots[None, :],
+                   mask=row_ok[:, None] & (slots[None, :] < n_buf[:, None]), other=float("-inf"))
+
+
+@triton.jit
+def _bisect(v, lo, hi, rank, x1, x2):
+    """Per row: (the rank-th largest (1-based) of {v in [lo, hi)} + {x1, x2 in [lo, hi)}, their count).
+
+    Bisection on the order-preserving key: when #{values >= lo} >= rank (the caller checks it with
+    the returned count) the invariant #{>= key_lo} >= rank > #{>= key_hi} holds from the start, and
+    32 halvings reach adjacent keys, so key_lo is the wanted value's key.
+    """
+    kv = tl.where((v >= lo[:, None]) & (v < hi[:, None]), fkey(v), -1)
     k1 = tl.where((x1 >= lo) & (x1 < hi), fkey(x1), -1)
     k2 = tl.where((x2 >= lo) & (x2 < hi), fkey(x2), -1)
+    n_in = tl.sum((kv >= 0).to(tl.int32), axis=1) + (k1 >= 0).to(tl.int32) + (k2 >= 0).to(tl.int32)
     key_lo = fkey(lo)
     key_hi = fkey(hi)
     for _ in range(33):
@@ -319,7 +324,7 @@ def _bisect(BUF, rows, row_ok, cap, n_buf, lo, hi, rank, x1, x2, CAP: tl.constex
         up = cnt >= rank
         key_lo = tl.where(active & up, mid, key_lo)
         key_hi = tl.where(active & ~up, mid, key_hi)
-    return funkey(key_lo)
+    return funkey(key_lo), n_in
 
 
 @triton.jit
@@ -347,13 +352,9 @@ def _select_kernel(A, C, RA, RC, POS, SELF, TV, BUF, RS, THR, KTH, STATUS,
         pos, slf = _row_index(POS, SELF, rows, row_ok, half, SQUARE)
         s_pos = tl.where(pos >= 0, tl.load(RS + rows * 9 + 5, mask=row_ok, other=0.0), float("-inf"))
         s_self = tl.where(slf >= 0, tl.load(RS + rows * 9 + 6, mask=row_ok, other=0.0), float("-inf"))
-        slots = tl.arange(0, CAP)
-        v = tl.load(BUF + rows[:, None] * cap + slots[None, :],
-                    mask=row_ok[:, None] & (slots[None, :] < n_buf[:, None]), other=float("-inf"))
-        n_in = tl.sum(((v >= lo[:, None]) & (v < hi[:, None])).to(tl.int32), axis=1) \
-            + ((s_pos >= lo) & (s_pos < hi)).to(tl.int32) + ((s_self >= lo) & (s_self < hi)).to(tl.int32)
+        v = _load_buffer(BUF, rows, row_ok, cap, n_buf, CAP)
+        val, n_in = _bisect(v, lo, hi, kth - c_hi, s_pos, s_self)
         ok = (c_hi < kth) & (kth <= c_hi + n_in) & (n_buf <= cap)
-        val = _bisect(BUF, rows, row_ok & ok, cap, n_buf, lo, hi, kth - c_hi, s_pos, s_self, CAP)
         tl.store(KTH + rows, val, mask=row_ok & ok)
         tl.store(STATUS + rows, tl.where(ok, 1, 0).to(tl.int8), mask=row_ok)
     tl.debug_barrier()
@@ -361,14 +362,14 @@ def _select_kernel(A, C, RA, RC, POS, SELF, TV, BUF, RS, THR, KTH, STATUS,
     row_ok = rows < M
     failed = row_ok & (tl.load(STATUS + rows, mask=row_ok, other=1) == 0)
     if tl.max(failed.to(tl.int32), axis=0) > 0:
-        _repair_rows(A, C, RA, RC, TV, BUF, RS, THR, KTH, STATUS, rows, row_ok, failed, N, D, stride_a,
-                     stride_c, J, j_lo, j_hi, cap, kth, CAP, NT, MAX_PASSES, BLOCK_M, BLOCK_N, BLOCK_D,
+        _repair_rows(A, C, RA, RC, TV, BUF, RS, THR, KTH, STATUS, rows, row_ok, failed, M, N, D, stride_a,
+                     stride_c, J, j_lo, j_hi, cap, kth, CAP, NT, SUB, MAX_PASSES, BLOCK_M, BLOCK_N, BLOCK_D,
                      SINGLE_K, NORM_DIV, UPCAST, PRECISION)
 
 
 @triton.jit
-def _repair_rows(A, C, RA, RC, TV, BUF, RS, THR, KTH, STATUS, rows, row_ok, failed, N, D, stride_a,
-                 stride_c, J, j_lo, j_hi, cap, kth, CAP: tl.constexpr, NT: tl.constexpr,
+def _repair_rows(A, C, RA, RC, TV, BUF, RS, THR, KTH, STATUS, rows, row_ok, failed, M, N, D, stride_a,
+                 stride_c, J, j_lo, j_hi, cap, kth, CAP: tl.constexpr, NT: tl.constexpr, SUB: tl.constexpr,
                  MAX_PASSES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_D: tl.constexpr, SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr,
                  UPCAST: tl.constexpr, PRECISION: tl.constexpr):
@@ -440,14 +441,28 @@ def _repair_rows(A, C, RA, RC, TV, BUF, RS, THR, KTH, STATUS, rows, row_ok, fail
         slot = n_buf[:, None] + tl.cumsum(inside.to(tl.int32), axis=1) - 1
         tl.store(BUF + rows[:, None] * cap + slot, s, mask=inside & (slot < cap))
         n_buf += tl.sum(inside.to(tl.int32), axis=1)
+    # bisect SUB rows at a time (a [SUB, CAP] block in registers): the row state goes through THR
+    tl.store(THR + rows * NT + 0, lo, mask=row_ok)
+    tl.store(THR + rows * NT + 1, hi, mask=row_ok)
+    tl.store(THR + rows * NT + 2, c_hi.to(tl.float32), mask=row_ok)
+    tl.store(THR + rows * NT + 3, tl.minimum(n_buf, cap).to(tl.float32), mask=row_ok)
+    tl.store(THR + rows * NT + 4, tl.where(failed, 1.0, 0.0), mask=row_ok)
     tl.debug_barrier()
-    single = (fkey(hi) - fkey(lo)) <= 1
-    none = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    val = _bisect(BUF, rows, failed & ~single, cap, tl.minimum(n_buf, cap), lo, hi, kth - c_hi, none,
-                  none, CAP)
-    val = tl.where(single, lo, val)
-    tl.store(KTH + rows, val, mask=failed)
-    tl.store(STATUS + rows, tl.full([BLOCK_M], 2, tl.int8), mask=failed)
+    base = tl.min(tl.where(row_ok, rows, 2147483647), axis=0)
+    for r0 in tl.static_range(0, BLOCK_M, SUB):
+        sr = base + r0 + tl.arange(0, SUB).to(tl.int64)
+        s_ok = (sr < base + BLOCK_M) & (sr < M)
+        s_lo = tl.load(THR + sr * NT + 0, mask=s_ok, other=0.0)
+        s_hi = tl.load(THR + sr * NT + 1, mask=s_ok, other=0.0)
+        s_chi = tl.load(THR + sr * NT + 2, mask=s_ok, other=0.0).to(tl.int32)
+        s_nb = tl.load(THR + sr * NT + 3, mask=s_ok, other=0.0).to(tl.int32)
+        s_fail = s_ok & (tl.load(THR + sr * NT + 4, mask=s_ok, other=0.0) > 0.0)
+        single = (fkey(s_hi) - fkey(s_lo)) <= 1
+        none = tl.full([SUB], float("-inf"), tl.float32)
+        v = _load_buffer(BUF, sr, s_fail & ~single, cap, s_nb, CAP)
+        val, _ = _bisect(v, s_lo, s_hi, kth - s_chi, none, none)
+        tl.store(KTH + sr, tl.where(single, s_lo, val), mask=s_fail)
+        tl.store(STATUS + sr, tl.full([SUB], 2, tl.int8), mask=s_fail)
     # the row's buffer now holds selection values only: the settling must recompute its sums
     tl.store(RS + rows * 9 + 8, tl.full([BLOCK_M], 2147483647.0, tl.float32), mask=failed)
 
@@ -545,13 +560,14 @@ def _g_term(s, l2, is_pos, is_self, valid, eps, rmin, rden, g_a, g_c, lse2, gsc,
         h = g_a == g_c
     else:
         h = s != s  # all False (s is finite)
-    h = h & neg
-    coef = tl.where(h, weight, tl.where(neg, 1.0, 0.0))
+    e = tl.exp2(l2 - lse2)
+    val = tl.where(h & neg, weight * e, tl.where(neg, e, 0.0))
     pos_v = is_pos & valid
     if POS_IN_DEN:
-        coef = tl.where(pos_v, 1.0, coef)
-    p = tl.where(coef > 0.0, coef * tl.exp2(l2 - lse2), 0.0)
-    return (gsc * inv_tau) * (p - tl.where(pos_v, 1.0, 0.0))
+        val = tl.where(pos_v, e - 1.0, val)
+    else:
+        val = tl.where(pos_v, -1.0, val)
+    return gsc * val  # gsc = g_i / tau (0 for padding and empty rows)
 
 
 @triton.jit
@@ -581,7 +597,7 @@ def _bwd_kernel(X, Y, RX, RY, INVX, POSA, SELFA, RMINA, RDENA, GA, GC, LSE2A, GM
         pos_p, slf_p, rmin_p, rden_p, ga_p = _row_params(POSA, SELFA, RMINA, RDENA, GA, rows, row_ok, half,
                                                             RULE, SQUARE)
         lse_p = tl.load(LSE2A + rows, mask=row_ok, other=0.0)
-        gsc_p = tl.load(GMULA + rows, mask=row_ok, other=0.0) * g
+        gsc_p = tl.load(GMULA + rows, mask=row_ok, other=0.0) * (g * inv_tau)
     gc_p = _col_groups(GC, rows, row_ok, RULE)
     dd = pid_d * BLOCK_DOUT + tl.arange(0, BLOCK_DOUT)
     d_ok = dd < D
@@ -603,7 +619,7 @@ def _bwd_kernel(X, Y, RX, RY, INVX, POSA, SELFA, RMINA, RDENA, GA, GC, LSE2A, GM
             pos_q, slf_q, rmin_q, rden_q, ga_q = _row_params(POSA, SELFA, RMINA, RDENA, GA, cols, col_ok,
                                                             half, RULE, SQUARE)
             lse_q = tl.load(LSE2A + cols, mask=col_ok, other=0.0)
-            gsc_q = tl.load(GMULA + cols, mask=col_ok, other=0.0) * g
+            gsc_q = tl.load(GMULA + cols, mask=col_ok, other=0.0) * (g * inv_tau)
             h += _g_term(s, l2, rows[:, None] == pos_q[None, :], rows[:, None] == slf_q[None, :], valid,
                          eps, rmin_q[None, :], rden_q[None, :], ga_q[None, :], gc_p[:, None],
                          lse_q[None, :], gsc_q[None, :], inv_tau, weight, RULE, POS_IN_DEN)

@@ -1,21 +1,22 @@
-"""Launchers, the registered custom ops and the entry points of the fused HEX kernel.
+"""Launchers and the registered custom ops of the fused HEX kernel (`kernels.backend` calls them).
 
-    hex_loss_triton(z1 [B, D], z2 [B, D], *, temperature, threshold, quantile, hierarchy_weight,
-                    positive_in_denominator, groups, eps) -> (loss, stats)   == hexfast.reference
-    hex_rect(anchors [M, D], candidates [N, D], pos_index [M], self_index [M], *, temperature,
-             rule, eps, hierarchy_weight, positive_in_denominator, anchor_groups,
-             candidate_groups) -> (loss, stats)          same contract as hexfast.reference.hex_rect
-    row_quantiles(anchors, candidates, q) -> [M] fp32    exact nearest-rank quantiles of each row
+    square_op(x [2B, D], groups [2B] | None, eps [1] | None, B, rule, quantile, temperature, weight,
+              positive_in_denominator) -> (totals [5] fp64, eps [1], lse2 [2B], gmul [2B], rmin, rden)
+    rect_op(anchors [M, D], candidates [N, D], pos [M], self [M], anchor_groups, candidate_groups, eps,
+            rule, temperature, weight, positive_in_denominator) -> the same six outputs for M rows
+    row_quantiles(anchors, candidates, q) -> [M] fp32  exact nearest-rank quantiles of each row
 
-The forward and backward are registered as `torch.library.custom_op`s (`hexfast_kernels::square`,
-`::rect`, and their backward ops), so torch.compile and CUDA graphs capture a training step that
-contains them. No launcher reads a tensor value on the host: the grids and every branch depend on
-shapes and Python arguments only; the kernels decide repairs themselves (kernels/hex_kernels.py).
+totals = (loss, |H|, empty rows, negatives, rows) summed over the rows; rule is the kernel's RULE
+constexpr (kernels/_tiles.py). Both ops are `torch.library.custom_op`s with registered backward
+ops (`::square_backward`, `::rect_backward`), so torch.compile and CUDA graphs capture a training
+step that contains them. No launcher reads a tensor value on the host: the grids and every branch
+depend on shapes and Python arguments only; the kernels decide repairs themselves
+(kernels/hex_kernels.py).
 
-Launches, square case, adaptive rule (the most): cat, norms, sketch (one per row chunk), topk,
-the band means, the fused pass, the finisher, eps = torch.mean, the settling and the stats sums;
-backward one kernel. Memory: inputs, O(n) row statistics, the [n, CAP] collect buffer, the sketch
-buffer of at most SKETCH_CHUNK_ELEMENTS, and the O(n D) gradients; never an n x n matrix.
+Launches, square case, adaptive rule (the most): norms, sketch (one per row chunk), topk, the band
+means, the fused pass, the finisher, eps = torch.mean, the settling and the sum of the per-row
+outputs; backward one kernel. Memory: inputs, O(n) row statistics, the [n, CAP] collect buffer,
+the sketch buffer (at most SKETCH_CHUNK_ELEMENTS), the O(n D) gradients; never an n x n matrix.
 """
 from __future__ import annotations
 
@@ -169,7 +170,7 @@ def _forward(op: _Operands, pos, slf, half: int, rule: int, eps_in, ga, gc, quan
         K._settle_kernel[op.grid(m)](*op.sim(), pos, slf, eps, st["band"], gc, st["buf"], st["rs"], lse2, gmul,
                                      rout, m, n, op.d, op.a.stride(0), op.c.stride(0), half, plan.e_lo_at,
                                      plan.e_hi_at, plan.cap, scale2, 1.0 / temperature, log2w, 1.0 / m,
-                                     CAP=plan.cap, CHUNK=min(plan.cap, 128), **common, **op.meta())
+                                     CAP=plan.cap, CHUNK=min(plan.cap, 32), **common, **op.meta())
     else:
         if eps_in is None:
             eps = torch.full((1,), math.nan, device=dev, dtype=torch.float32)
@@ -222,7 +223,7 @@ def _through_normalize(x: torch.Tensor, inv_norm: torch.Tensor, g: torch.Tensor)
 
 # ----------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("hexfast_kernels::square", mutates_args=())
-def _square_op(x: torch.Tensor, groups: torch.Tensor | None, eps_in: torch.Tensor | None, half: int, rule: int,
+def square_op(x: torch.Tensor, groups: torch.Tensor | None, eps_in: torch.Tensor | None, half: int, rule: int,
                quantile: float, temperature: float, weight: float, pos_in_den: bool
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two-view HEX of x = cat[z1, z2] ([2B, D], half = B): (totals, eps, lse2, gmul, rmin, rden)."""
@@ -233,7 +234,7 @@ def _square_op(x: torch.Tensor, groups: torch.Tensor | None, eps_in: torch.Tenso
                     pos_in_den)
 
 
-@_square_op.register_fake
+@square_op.register_fake
 def _square_fake(x, groups, eps_in, half, rule, quantile, temperature, weight, pos_in_den):
     n = x.shape[0]
     k = n if rule == RULE_IDS["fixed"] else 1
@@ -277,11 +278,11 @@ def _square_backward(ctx, g_totals, *_):
     return (dx,) + (None,) * 8
 
 
-_square_op.register_autograd(_square_backward, setup_context=_square_setup)
+square_op.register_autograd(_square_backward, setup_context=_square_setup)
 
 
 @torch.library.custom_op("hexfast_kernels::rect", mutates_args=())
-def _rect_op(a: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, slf: torch.Tensor, ga: torch.Tensor | None,
+def rect_op(a: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, slf: torch.Tensor, ga: torch.Tensor | None,
              gc: torch.Tensor | None, eps_in: torch.Tensor | None, rule: int, temperature: float, weight: float,
              pos_in_den: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                         torch.Tensor]:
@@ -292,7 +293,7 @@ def _rect_op(a: torch.Tensor, c: torch.Tensor, pos: torch.Tensor, slf: torch.Ten
     return _forward(op, pos, slf, 0, rule, eps_in, ga_t, gc_t, 0.5, temperature, weight, pos_in_den)
 
 
-@_rect_op.register_fake
+@rect_op.register_fake
 def _rect_fake(a, c, pos, slf, ga, gc, eps_in, rule, temperature, weight, pos_in_den):
     m = a.shape[0]
     f = dict(device=a.device, dtype=torch.float32)
@@ -340,98 +341,10 @@ def _rect_backward(ctx, g_totals, *_):
     return (da if need_a else None, dc if need_c else None) + (None,) * 9
 
 
-_rect_op.register_autograd(_rect_backward, setup_context=_rect_setup)
+rect_op.register_autograd(_rect_backward, setup_context=_rect_setup)
 
 
-# ------------------------------------------------------------------------------------ entry points
-def _stats(totals, eps, rule: int):
-    """The stats dict from the summed per-row outputs (4 small ops, no host synchronisation)."""
-    t32 = totals.detach().float()
-    counts = totals.detach()[1:].to(torch.int64)  # |H|, empty rows, negatives, rows
-    return {
-        "eps": eps.detach().reshape(()) if rule in (RULE_IDS["adaptive"], RULE_IDS["fixed"])
-        else torch.full((), math.nan, device=eps.device, dtype=torch.float32),
-        "hier_fraction": t32[1] / t32[3].clamp_min(1),
-        "hier_count": counts[0],
-        "neg_count": counts[2],
-        "empty_rows": counts[1],
-        "rows": counts[3],
-    }
-
-
-def _eps_arg(eps, dev):
-    if eps is None:
-        return None
-    return torch.as_tensor(eps, dtype=torch.float32, device=dev).detach().reshape(1).clone()
-
-
-def hex_loss_triton(z1, z2, *, temperature: float = 0.1, threshold="adaptive", quantile: float = 0.99,
-                    hierarchy_weight: float = 0.0, positive_in_denominator: bool = False, groups=None, eps=None):
-    """The two-view HEX loss through the fused kernel; same arguments and result as hex_reference.
-
-    `eps` (optional, adaptive only) replaces the quantile rule by a given raw-cosine threshold."""
-    if z1.dim() != 2 or z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must both be [B, D] with the same shape, got {tuple(z1.shape)} "
-                         f"and {tuple(z2.shape)}")
-    batch = z1.shape[0]
-    if batch < 2:
-        raise ValueError(f"HEX needs a batch of at least 2, got B={batch}")
-    x = check_inputs("z1/z2", torch.cat([z1, z2], dim=0))
-    dev = x.device
-    fixed_eps = None
-    if groups is not None:
-        rule, labels = RULE_IDS["groups"], torch.cat([groups, groups]).to(device=dev, dtype=torch.int64)
-    else:
-        labels = None
-        if isinstance(threshold, str):
-            if threshold not in ("adaptive", "none"):
-                raise ValueError(f"threshold must be 'adaptive', 'none' or a float in [0, 1], got {threshold!r}")
-            rule = RULE_IDS[threshold]
-        else:
-            rule, fixed_eps = RULE_IDS["fixed"], float(threshold)
-    eps_in = _eps_arg(fixed_eps if rule == RULE_IDS["fixed"] else eps if rule == RULE_IDS["adaptive"] else None,
-                      dev)
-    totals, eps_t, *_ = _square_op(x, labels, eps_in, batch, rule, float(quantile), float(temperature),
-                                   float(hierarchy_weight), bool(positive_in_denominator))
-    return totals[0].float(), _stats(totals, eps_t, rule)
-
-
-def hex_rect(anchors, candidates, pos_index, self_index, *, temperature: float, rule: str, eps=None,
-             hierarchy_weight: float = 0.0, positive_in_denominator: bool = False, anchor_groups=None,
-             candidate_groups=None):
-    """The fused HEX loss of anchors [M, D] against candidates [N, D]; see hexfast.reference.hex_rect.
-
-    For rule "adaptive" the caller gives eps (e.g. the all-reduced mean of `row_quantiles`); for
-    "fixed" eps is the threshold on the min-max normalised cosine. Returns (loss, stats) with the same
-    keys as the reference. Index values are the caller's responsibility (hexfast.hex_loss checks
-    them where that costs no device synchronisation)."""
-    if rule not in RULE_IDS:
-        raise ValueError(f"unknown rule {rule!r}; valid: {', '.join(RULE_IDS)}")
-    if rule in ("adaptive", "fixed") and eps is None:
-        raise ValueError(f"rule {rule!r} needs eps")
-    a = check_inputs("anchors", anchors)
-    c = a if candidates is anchors else check_inputs("candidates", candidates)
-    if a.shape[1] != c.shape[1] or a.dtype != c.dtype or a.device != c.device:
-        raise ValueError("anchors and candidates need the same D, dtype and device, got "
-                         f"{tuple(a.shape)} {a.dtype} {a.device} and {tuple(c.shape)} {c.dtype} {c.device}")
-    m, dev = a.shape[0], a.device
-    for name, t in (("pos_index", pos_index), ("self_index", self_index)):
-        if not isinstance(t, torch.Tensor) or t.shape != (m,) or t.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"{name} must be a 1-D integer tensor of {m} indices")
-    ga = gc = None
-    if rule == "groups":
-        if anchor_groups is None or candidate_groups is None:
-            raise ValueError("rule 'groups' needs anchor_groups [M] and candidate_groups [N]")
-        ga = anchor_groups.to(device=dev, dtype=torch.int64).contiguous()
-        gc = candidate_groups.to(device=dev, dtype=torch.int64).contiguous()
-    rid = RULE_IDS[rule]
-    totals, eps_t, *_ = _rect_op(a, c, pos_index.to(device=dev, dtype=torch.int64).contiguous(),
-                                 self_index.to(device=dev, dtype=torch.int64).contiguous(), ga, gc,
-                                 _eps_arg(eps if rid in (1, 2) else None, dev), rid, float(temperature),
-                                 float(hierarchy_weight), bool(positive_in_denominator))
-    return totals[0].float(), _stats(totals, eps_t, rid)
-
-
+# ------------------------------------------------------------------------------------ selection API
 def row_quantiles(anchors: torch.Tensor, candidates: torch.Tensor, q: float, *, return_status: bool = False):
     """Exact nearest-rank q-quantile of every row of S = normalize(anchors) normalize(candidates)^T.
 

@@ -12,10 +12,20 @@ import torch
 
 pytest.importorskip("triton")
 
+from hexfast.hex_loss import hex_loss, hex_rect_loss  # noqa: E402
 from hexfast.reference import hex_rect as ref_rect, hex_reference  # noqa: E402
-from kernels import hex_loss_triton, hex_rect  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def hex_loss_triton(z1, z2, **kw):
+    """The two-view loss through the public API on the fused kernel: (loss, stats)."""
+    return hex_loss(z1, z2, kernel="triton", return_stats=True, **kw)
+
+
+def hex_rect(anchors, candidates, pos, slf, *, eps=None, **kw):
+    """The rectangular form through the public API on the fused kernel: (loss, stats)."""
+    return hex_rect_loss(anchors, candidates, pos, slf, threshold=eps, kernel="triton", return_stats=True, **kw)
 STAT_KEYS = ("eps", "hier_fraction", "hier_count", "neg_count", "empty_rows", "rows")
 
 
@@ -229,23 +239,61 @@ def test_rectangular_local_anchors_against_gathered_candidates():
 
 
 def test_bad_input_is_rejected_clearly():
+    # argument checks live in hexfast.validate (tests/test_hex_loss.py); the kernel adds its own dtype
     x = torch.randn(6, 4, device=DEV)
-    pos = torch.arange(6, device=DEV)
-    with pytest.raises(ValueError, match="unknown rule"):
-        hex_rect(x, x, pos, pos, temperature=0.1, rule="adaptve", eps=0.1)
-    with pytest.raises(ValueError, match="needs eps"):
-        hex_rect(x, x, pos, pos, temperature=0.1, rule="fixed")
-    # index VALUES and argument ranges are checked once, by hexfast.hex_loss (tests/test_hex_loss.py):
-    # reading them here would cost a device synchronisation per call
-    with pytest.raises(ValueError, match="pos_index"):
-        hex_rect(x, x, pos[:3], pos, temperature=0.1, rule="none")
-    with pytest.raises(ValueError, match="groups"):
-        hex_rect(x, x, pos, pos, temperature=0.1, rule="groups")
     with pytest.raises(TypeError, match="supports"):
-        hex_loss_triton(x[:3].double(), x[3:].double())
-    with pytest.raises(ValueError, match="same shape"):
-        hex_loss_triton(x[:3], x[:2])
-    with pytest.raises(ValueError, match="at least 2"):
-        hex_loss_triton(x[:1], x[1:2])
+        from kernels import backend
+        from hexfast.rules import Rule
+
+        backend.square(x.double(), 3, Rule("none"), temperature=0.1, hierarchy_weight=0.0,
+                       positive_in_denominator=False)
     with pytest.raises(ValueError, match="threshold"):
         hex_loss_triton(x[:3], x[3:], threshold="fixed")
+
+
+def test_similarities_are_symmetric_bit_for_bit():
+    # the one-kernel square backward reads G_ki off the tile s_ik (kernels/_tiles.py)
+    from kernels.debug import similarity_matrix
+
+    for dtype, d in ((torch.float32, 37), (torch.bfloat16, 64), (torch.float32, 300)):
+        x = torch.randn(150, d, device=DEV).to(dtype)
+        s = similarity_matrix(x, x)
+        assert torch.equal(s, s.T), dtype
+
+
+def test_nearest_rank_matches_the_reference():
+    from hexfast.reference import nearest_rank_index
+    from kernels.hex_triton import _nearest_rank_kth
+
+    for n in (1, 2, 3, 16, 37, 512, 1000, 8192, 229552, 262144):
+        for q in (0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0):
+            assert _nearest_rank_kth(n, q) == n - nearest_rank_index(n, q), (n, q)
+
+
+@pytest.fixture
+def plan_override(monkeypatch):
+    import dataclasses
+
+    import kernels.hex_triton as T
+    from kernels.config import select_plan
+
+    def install(**fields):
+        def patched(n_cols, kth):
+            return dataclasses.replace(select_plan(n_cols, kth), **fields)
+
+        monkeypatch.setattr(T, "select_plan", patched)
+
+    return install
+
+
+@pytest.mark.parametrize("case", ["eps_outside_band", "buffer_overflow", "bracket_miss"])
+def test_fused_pass_repairs_are_exact(case, plan_override):
+    # force each way the fused pass can fail and check loss, gradients and stats still match
+    if case == "eps_outside_band":
+        plan_override(e_lo_at=0, e_hi_at=0)  # an empty band: every row is settled by a new stream
+    elif case == "buffer_overflow":
+        plan_override(cap=32, j_lo=-1, j_hi=-1)  # everything collected, 32 slots: overflow
+    else:
+        plan_override(j_lo=0, j_hi=-1)  # lo = the sample maximum: fewer than K values above it
+    z1, z2, up = _inputs(150, 16, seed=8)
+    _check_square(z1, z2, up, _kw("adaptive", 0.5, True, quantile=0.99))
