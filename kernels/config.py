@@ -55,9 +55,10 @@ def feature_blocks(cfg: TileConfig, d: int, half: bool) -> tuple[bool, int, int]
     return False, cfg.block_d, cfg.block_dout
 
 # Refinement (repair path only): thresholds counted per row in one pass; each pass narrows a
-# failed row's interval at least 8-fold, so MAX_REPAIR_PASSES bounds the worst case (32-bit keys).
-SELECT_THRESHOLDS = 16
-MAX_REPAIR_PASSES = 14
+# failed row's interval at least 4-fold in fp32 keys, so MAX_REPAIR_PASSES bounds the worst case
+# (32-bit keys, plus the first, value-spaced pass). 8, not 16: fewer registers (no spills on sm_80).
+SELECT_THRESHOLDS = 8
+MAX_REPAIR_PASSES = 24
 # The sketch: every row against SKETCH_MIN evenly strided columns, or 1/SKETCH_FRACTION of them
 # when that is more (dot work: at most 1/4 of one similarity pass at N = 1024, 1/8 above 2048).
 SKETCH_MIN = 256
@@ -122,7 +123,17 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def tile_config() -> TileConfig:
+    """The tiles of every pass. HEXFAST_TILES="BLOCK,WARPS,STAGES" overrides the GPU configuration
+    (the tile sweep of bench/_tile_sweep.py; every pass takes the same tiles, so they stay exact)."""
     cfg = INTERPRETER_CONFIG if interpreting() else GPU_CONFIG
+    override = os.environ.get("HEXFAST_TILES")
+    if override and not interpreting():
+        try:
+            block, warps, stages = (int(v) for v in override.split(","))
+        except ValueError:
+            raise ValueError(f"HEXFAST_TILES must be 'BLOCK,WARPS,STAGES' (e.g. 128,8,3), got {override!r}") from None
+        cfg = TileConfig(block_m=block, block_n=block, block_d=cfg.block_d, block_dout=cfg.block_dout,
+                         num_warps=warps, num_stages=stages, single_k_max=cfg.single_k_max)
     # the candidates' backward streams anchor tiles in the transposed orientation: the same tile
     # shape then computes the same similarities bit for bit
     assert cfg.block_m == cfg.block_n, "HEX tiles must be square"

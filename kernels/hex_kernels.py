@@ -34,7 +34,7 @@ eps = torch.mean(kth) (the same op over the same fp32 vector as the reference). 
 checks e_lo <= eps <= e_hi and adds each collected undecided value to A (s <= eps) or B (s > eps)
 in slot order: deterministic. Everything is exact because every decision is verified:
     - a row whose bracket missed or overflowed is repaired exactly inside `_select_kernel` (the
-      counting refinement: 16 thresholds per pass, each narrowing the interval; then collect and
+      counting refinement: 8 thresholds per pass, each narrowing the interval; then collect and
       bisect), only for the rows that failed, on the same similarity tiles;
     - if eps falls outside (e_lo, e_hi], or a row's buffer overflowed, `_settle_kernel` recomputes
       that row block's two sums with the known eps (one more stream for those rows only).
@@ -388,8 +388,8 @@ def _repair_rows(A, C, RA, RC, TV, BUF, RS, THR, KTH, STATUS, rows, row_ok, fail
     jr = tl.arange(0, NT)
     for npass in range(MAX_PASSES):
         if tl.max(refine.to(tl.int32), axis=0) > 0:
-            # thresholds evenly spaced in value (first pass) or half in value, half in key (later:
-            # fp32 values crowd towards 0); each pass divides the fp32 values left by >= 8
+            # NT thresholds evenly spaced in value (first pass) or half in value, half in key (later:
+            # fp32 values crowd towards 0); each pass divides the fp32 values left by >= NT / 2
             width = (hi - lo)[:, None]
             thr = lo[:, None] + width * (jr.to(tl.float32) / NT)[None, :]
             klo = fkey(lo)[:, None]

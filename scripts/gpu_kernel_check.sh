@@ -8,7 +8,9 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 timeout ${TEST_TIMEOUT:-200} python -m pytest -q --maxfail=10 tests/test_kernel_loss.py tests/test_kernel_quantile.py \
-    tests/test_kernel_memory.py -p no:cacheprovider 2>&1 | tail -n 40 | tee "$OUT/tests.log"
+    tests/test_kernel_memory.py tests/test_hex_loss.py -p no:cacheprovider 2>&1 | tail -n 40 | tee "$OUT/tests.log"
+# one tile configuration for all passes (they must agree bit for bit), 2B = 8,192 and 65,536
+timeout ${SWEEP_TIMEOUT:-90} python -m bench._tile_sweep "$OUT/tile_sweep.json" 2>&1 | tail -n 14 | tee "$OUT/sweep.log"
 timeout ${PROFILE_TIMEOUT:-60} python -m bench._loss_profile 512 8192 > "$OUT/profile.log" 2>&1
 timeout ${BIG_TIMEOUT:-80} python -m bench._loss_big 262144 2>&1 | tee "$OUT/big.log"
 timeout ${BENCH_TIMEOUT:-240} python -m pytest -q bench/test_loss_bench.py --benchmark-only \

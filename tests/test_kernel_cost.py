@@ -12,7 +12,9 @@ training dtype), on random and on clustered embeddings, per rule. Counted:
 
 The value checks of the public API read CPU tensors by design (`hexfast.hex_loss` docs); a CUDA run
 in the default validation mode skips them, so the count patches them off to see what a GPU sees.
-Budgets (issue: adaptive 7.0 ME / ~155 launches / 4 syncs before this kernel):
+Budgets below; the first kernel took 7.0 ME / ~155 launches / 4 syncs (adaptive), 6.0 / ~105 / 0
+(fixed) and 5.0 / ~95 / 0 (none, groups). `python tests/test_kernel_cost.py` prints the table of
+docs/kernel.md.
 """
 import contextlib
 import math
@@ -23,6 +25,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="counts under the Triton interpreter (CPU)")
 
 import triton.runtime.interpreter as interp  # noqa: E402
 
@@ -131,18 +134,10 @@ def measure(rule: str, kind: str, b: int = 512, d: int = 128, monkeypatch=None):
 
 @pytest.fixture
 def gpu_like_validation(monkeypatch):
-    # a CUDA tensor in the default mode is never read on the host by the checks
-    for mod_name in ("hexfast.validate", "hexfast.hex_loss"):
-        mod = __import__(mod_name, fromlist=["_"]) if _importable(mod_name) else None
-        for attr in ("_check_values", "check_values", "reads_values"):
-            if mod is not None and hasattr(mod, attr):
-                monkeypatch.setattr(mod, attr, lambda *a, **k: False)
+    # a CUDA tensor in the default validation mode is never read on the host by the checks
+    import hexfast.validate as V
 
-
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
+    monkeypatch.setattr(V, "values_checked", lambda t: False)
 
 
 # the data change only what the adaptive rule does (where its bracket and band fall)
@@ -167,6 +162,9 @@ def test_the_counter_sees_the_reference_cost(gpu_like_validation):
 
 
 if __name__ == "__main__":  # a table for docs/kernel.md
+    import hexfast.validate as V
+
+    V.values_checked = lambda t: False
     for rule in BUDGETS:
         for kind in ("random", "clustered"):
             r = measure(rule, kind)

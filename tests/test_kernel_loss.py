@@ -297,3 +297,39 @@ def test_fused_pass_repairs_are_exact(case, plan_override):
         plan_override(j_lo=0, j_hi=-1)  # lo = the sample maximum: fewer than K values above it
     z1, z2, up = _inputs(150, 16, seed=8)
     _check_square(z1, z2, up, _kw("adaptive", 0.5, True, quantile=0.99))
+
+
+def test_torch_compile_captures_the_kernel_and_equals_eager():
+    # the fused op is a torch.library custom op with a fake (meta) implementation and a registered
+    # backward: dynamo + AOTAutograd trace a step containing it ("aot_eager" keeps the test fast;
+    # inductor handles custom ops the same way on a GPU)
+    import torch._dynamo
+
+    z1, z2, up = _inputs(37, 16, seed=9)
+    kw = _kw("adaptive", 0.5, False, quantile=0.9)
+
+    def step(a, b):
+        return hex_loss(a, b, kernel="triton", **kw) * up
+
+    torch._dynamo.reset()
+    counts = torch._dynamo.utils.CompileProfiler() if hasattr(torch._dynamo.utils, "CompileProfiler") else None
+    compiled = torch.compile(step, backend="aot_eager")
+    got = compiled(z1, z2)
+    g_got = torch.autograd.grad(got, [z1, z2])
+    want = step(z1, z2)
+    g_want = torch.autograd.grad(want, [z1, z2])
+    assert torch.equal(got, want)
+    for a, b in zip(g_got, g_want):
+        assert torch.equal(a, b)
+    del counts
+
+
+def test_custom_op_registration_is_consistent():
+    # torch.library's own checker: schema, fake implementation, autograd registration
+    from torch.library import opcheck
+
+    from kernels import hex_triton as T
+
+    x = torch.randn(12, 8, device=DEV, requires_grad=True)
+    args = (x, None, None, 6, 1, 0.9, 0.1, 0.5, False)
+    opcheck(T.square_op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
