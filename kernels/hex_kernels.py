@@ -330,7 +330,8 @@ def _bisect(v, lo, hi, rank, x1, x2):
 @triton.jit
 def _select_kernel(A, C, RA, RC, POS, SELF, TV, BUF, RS, THR, KTH, STATUS,
                    M, N, D, stride_a, stride_c, half, J, j_lo, j_hi, cap, kth,
-                   SQUARE: tl.constexpr, CAP: tl.constexpr, NT: tl.constexpr, SUB: tl.constexpr, MAX_PASSES: tl.constexpr,
+                   SQUARE: tl.constexpr, CAP: tl.constexpr, NT: tl.constexpr, SUB: tl.constexpr,
+                   MAX_PASSES: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                    SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
                    PRECISION: tl.constexpr):
@@ -470,7 +471,8 @@ def _repair_rows(A, C, RA, RC, TV, BUF, RS, THR, KTH, STATUS, rows, row_ok, fail
 @triton.jit
 def _settle_kernel(A, C, RA, RC, POS, SELF, EPS, BAND, GC, BUF, RS, LSE2, GMUL, ROUT,
                    M, N, D, stride_a, stride_c, half, e_lo_at, e_hi_at, cap, scale2, inv_tau, log2w,
-                   inv_m, SQUARE: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr, FIXED_MAX: tl.constexpr, HAS_W: tl.constexpr,
+                   inv_m, SQUARE: tl.constexpr, CAP: tl.constexpr, CHUNK: tl.constexpr,
+                   FIXED_MAX: tl.constexpr, HAS_W: tl.constexpr,
                    POS_IN_DEN: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                    BLOCK_D: tl.constexpr, SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr,
                    UPCAST: tl.constexpr, PRECISION: tl.constexpr):
