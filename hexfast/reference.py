@@ -61,8 +61,22 @@ def nearest_rank_index(n: int, q: float, dtype: torch.dtype = torch.float32) -> 
     """
     if n < 1:
         raise ValueError(f"a row needs at least one value, got n={n}")
-    q_stored = torch.tensor(q, dtype=dtype).item()  # q as the input's dtype holds it
-    return int(round(q_stored * (n - 1)))
+    return int(round(_stored(q, dtype) * (n - 1)))
+
+
+# significand bits (implicit bit included) of the dtypes row_quantiles computes in
+_SIGNIFICAND_BITS = {torch.float32: 24, torch.float64: 53}
+
+
+def _stored(q: float, dtype: torch.dtype) -> float:
+    """q rounded to the nearest value `dtype` holds (ties to even, as a cast does). Pure Python, so
+    torch.compile folds it into a constant instead of breaking the graph at a `.item()`; exact for
+    normal numbers, i.e. every q in (0, 1) that a float32 holds as a normal number."""
+    bits = _SIGNIFICAND_BITS.get(dtype)
+    if bits is None or not 1e-37 < q < 1.0:
+        return torch.tensor(q, dtype=dtype).item()
+    mantissa, exponent = math.frexp(q)  # q = mantissa * 2^exponent, 0.5 <= mantissa < 1
+    return math.ldexp(round(mantissa * (1 << bits)), exponent - bits)
 
 
 def row_quantiles(s: Tensor, q: float) -> Tensor:

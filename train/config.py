@@ -46,6 +46,7 @@ FIXED_SCHEDULES = ("step", "cos", "cos_released")
 HEX_WARMUPS = ("auto", "infonce", "cosine", "off")
 PRECISIONS = ("auto", "32", "bf16-mixed", "16-mixed")
 ACCELERATORS = ("auto", "cpu", "gpu")
+COMPILE_MODES = ("off", "default", "reduce-overhead")
 
 
 @dataclass
@@ -116,6 +117,9 @@ class TrainConfig:
     log_every_steps: int = 10         # logging interval
     progress_bar: bool = True
     channels_last: bool = True        # channels-last memory format (GPUs; also ~20% faster convs on the CPU)
+    # torch.compile of the step's forward (backbone(s), projector, method loss, probes) and its backward:
+    # off | default | reduce-overhead (also CUDA graphs on a GPU; on the CPU the same as default)
+    compile: str = choice("off", COMPILE_MODES)
 
 
 @dataclass
@@ -355,6 +359,10 @@ def validate(cfg: Config) -> Config:
          f"train.batch_size ({t.batch_size}) needs >= 2 samples per process ({world} processes)")
     need(t.batch_size % world == 0, f"train.batch_size ({t.batch_size}) must divide evenly over {world} processes")
     _check_hex(h)
+    need(t.compile == "off" or h.mode != "fixed" or h.fixed_schedule == "step",
+         f"train.compile={t.compile} needs a threshold that changes in steps, but hex.fixed_schedule="
+         f"{h.fixed_schedule} changes it every epoch and every value would compile a new graph; "
+         "use hex.fixed_schedule=step or train.compile=off")
     e = cfg.eval
     need(e.max_bank == 0 or e.max_bank >= e.knn_k,
          f"eval.max_bank ({e.max_bank}) must be 0 (the whole train split) or >= eval.knn_k ({e.knn_k})")

@@ -25,6 +25,9 @@ from train.methods import METHODS, StepInput
 from train.optim import build_optimizer, warmup_cosine
 
 HEX_LOG_KEYS = ("eps", "hier_fraction", "empty_rows")
+# train.compile -> torch.compile options. reduce-overhead adds CUDA graphs on a GPU; Inductor skips
+# them for CPU tensors, so on the CPU it compiles exactly as "default".
+COMPILE_OPTIONS = {"default": {}, "reduce-overhead": {"mode": "reduce-overhead"}}
 
 
 def build_method(cfg, backbone: nn.Module, feat_dim: int):
@@ -54,6 +57,7 @@ class SSLModule(L.LightningModule):
         self.history: list[dict] = []   # per-evaluation metrics (for plots and summary.json)
         self._loader = None
         self._shown_loss = None   # host copy of the loss for the progress bar (see training_step)
+        self._graph_epochs: dict = {}  # HEX settings -> the epoch whose graph computes them (compile)
 
     # ---------------------------------------------------------------- set-up
     def setup(self, stage=None):
@@ -76,7 +80,34 @@ class SSLModule(L.LightningModule):
 
     # ---------------------------------------------------------------- the step
     def compute_loss(self, batch: dict, epoch: int):
-        """(total loss, logs) for one batch of local rows; logs hold detached tensors."""
+        """(total loss, logs) for one batch of local rows; logs hold detached tensors.
+
+        Under train.compile the forward runs as a torch.compile graph (its backward too), with static
+        shapes: every batch of a run has the same size (the loaders drop the remainder). Graphs are
+        keyed by the epoch, which the methods read only through their HEX schedule, so each epoch is
+        mapped to the first epoch with the same HEX settings: a run compiles one graph per distinct
+        setting (SimCLR + adaptive: the InfoNCE warm-up and HEX), not one per epoch.
+        """
+        self.method.commit_queues()  # a previous loss's pushes, if its caller has not committed them
+        if self.cfg.train.compile == "off":
+            return self._loss(batch, epoch)
+        if self.cfg.train.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the previous graphs' outputs are done
+        return self._compiled()(batch, self._graph_epoch(epoch))
+
+    def _compiled(self):
+        fn = self.__dict__.get("_compiled_loss")  # built on first use, so the module still pickles before
+        if fn is None:
+            fn = torch.compile(self._loss, dynamic=False, **COMPILE_OPTIONS[self.cfg.train.compile])
+            self.__dict__["_compiled_loss"] = fn
+        return fn
+
+    def _graph_epoch(self, epoch: int) -> int:
+        hex_term = self.method.hex
+        settings = hex_term.mode(epoch) if hex_term is not None else None
+        return self._graph_epochs.setdefault(settings, epoch)
+
+    def _loss(self, batch: dict, epoch: int):
         views = batch["views"]
         if self.cfg.train.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
@@ -100,7 +131,7 @@ class SSLModule(L.LightningModule):
             logs[f"probe_{name}_loss"] = probe_loss.detach()
             n_valid = valid.sum()  # no host sync: NaN when the batch has no labels
             acc = ((logits.argmax(1) == labels) & valid).sum() / n_valid.clamp_min(1)
-            logs[f"probe_{name}_acc"] = torch.where(n_valid > 0, acc.float(), logits.new_tensor(float("nan")))
+            logs[f"probe_{name}_acc"] = torch.where(n_valid > 0, acc.float(), float("nan"))
         return total, logs
 
     def training_step(self, batch, batch_idx):
@@ -128,6 +159,9 @@ class SSLModule(L.LightningModule):
         after optimizer step k when (k + 1) % n == 0)."""
         every = self.trainer.log_every_n_steps
         return every > 0 and (self.global_step + 1) % every == 0
+
+    def on_after_backward(self):
+        self.method.commit_queues()
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         self.method.after_optimizer_step(self.global_step, self.total_steps, self.backbone)

@@ -146,7 +146,7 @@ class All4One(Method):
             s2, _ = self.term(None, nn2[:, 0], p1, self.p.temperature, step)
             nnclr = nnclr + (s1 + s2) / 2
         nn_acc = (self.queue.labels[idx1] == step.fine).float().mean()
-        self.queue.push(m1, step.fine)
+        self.queue.stage(m1, step.fine)
         logs = {"nnclr_loss": nnclr.detach(), "att_loss": att.detach(), "feature_loss": feature.detach(),
                 "nn_acc": nn_acc}
         if stats is not None:

@@ -4,6 +4,7 @@ A method is an `nn.Module` holding only what differs (projector, predictor, mome
 its loss and its HEX integration); its class attributes say how the trainer treats it (see `Method`).
 The Lightning module (`train/module.py`) owns the backbone, the optimiser and the evaluation, and calls:
     loss, logs = method.loss(step)         step: StepInput (views, backbone features, labels, epoch)
+    method.commit_queues()                 after the backward: the queue pushes the loss staged
     method.after_optimizer_step(global_step, total_steps, backbone)   EMA targets (momentum methods)
     method.param_groups()                  parameter groups with their own lr (default: none)
 Adding a method: one file here with its `Method` subclass and `MethodParams` section, and one line in
@@ -113,6 +114,11 @@ class Queue(nn.Module):
 
     `push(x)` writes the rows of ALL processes (gathered, rank order), wrapping around. The write
     position stays a device tensor, so a push never waits for the device.
+
+    A method's loss `stage`s its pushes and the trainer `commit`s them after the backward (SSLModule
+    does, and before the next loss): the loss reads the queue, and its backward may read it again --
+    a compiled step re-reads a graph input where eager autograd saved a copy -- so the queue must
+    not change between a loss and its backward. Each loss sees the queue as it was before its batch.
     """
 
     def __init__(self, size: int, dim: int, normalized_random: bool = True):
@@ -123,6 +129,16 @@ class Queue(nn.Module):
         self.register_buffer("rows", init)
         self.register_buffer("labels", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self._staged: list = []
+
+    def stage(self, x: Tensor, labels: Tensor | None = None) -> None:
+        """Push x (and labels) at the next `commit()`."""
+        self._staged.append((x.detach(), labels))
+
+    def commit(self) -> None:
+        staged, self._staged = self._staged, []
+        for x, labels in staged:
+            self.push(x, labels)
 
     @torch.no_grad()
     def push(self, x: Tensor, labels: Tensor | None = None) -> None:
@@ -195,6 +211,13 @@ class Method(nn.Module):
 
     def after_optimizer_step(self, global_step: int, total_steps: int, backbone: nn.Module) -> None:
         """Called after every optimizer step (EMA targets)."""
+
+    def commit_queues(self) -> None:
+        """Apply the queue pushes the last loss staged (see `Queue`); the trainer calls it after the
+        backward."""
+        for m in self.modules():
+            if isinstance(m, Queue):
+                m.commit()
 
     def hex_groups(self, step: StepInput):
         """Coarse labels when the superclass rule is active."""

@@ -55,7 +55,7 @@ class MoCoV2(Method):
         self.queues = torch.nn.ModuleList([Queue(params.queue_size, d), Queue(params.queue_size, d)])
 
     def one_side(self, q, k, queue: Queue, step):
-        rows = queue.rows.clone()  # the queue is updated in place after the loss
+        rows = queue.rows  # unchanged until after the backward (Queue.stage / commit)
         if self.hex is None:
             return mocov2(q, k, rows, self.p.temperature), None
         with torch.autocast(device_type=q.device.type, enabled=False):  # fp32 similarities, as the reference
@@ -70,8 +70,8 @@ class MoCoV2(Method):
             k1, k2 = (F.normalize(self.momentum_projector(self.momentum_backbone(v)), dim=1) for v in step.views)
         l1, stats = self.one_side(q1, k2, self.queues[1], step)
         l2, _ = self.one_side(q2, k1, self.queues[0], step)
-        self.queues[0].push(k1, step.coarse)
-        self.queues[1].push(k2, step.coarse)
+        self.queues[0].stage(k1, step.coarse)
+        self.queues[1].stage(k2, step.coarse)
         logs = {} if stats is None else {"hex": stats}
         return (l1 + l2) / 2, logs
 

@@ -74,7 +74,7 @@ class NNCLR(Method):
         l1, stats = self.pair_loss(nn1, p2, step)
         l2, _ = self.pair_loss(nn2, p1, step)
         nn_acc = (self.queue.labels[idx1] == step.fine).float().mean()
-        self.queue.push(F.normalize(z1.detach(), dim=1), step.fine)
+        self.queue.stage(F.normalize(z1.detach(), dim=1), step.fine)
         logs = {"nn_acc": nn_acc}
         if stats is not None:
             logs["hex"] = stats
