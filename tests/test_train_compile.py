@@ -3,9 +3,9 @@
 Inductor on the CPU generates C++ for the step's forward and backward; the first compile of a graph
 takes tens of seconds on 2 cores, a warm TORCHINDUCTOR_CACHE_DIR (Inductor's on-disk cache, by
 default in the system temp folder, so kept between runs on one machine) brings a rerun down to a
-few. So the Inductor comparison runs two graphs only (SimCLR, and MoCo v2: an EMA target and key queues mutated inside the graph); the
-graph bookkeeping is checked with the "eager" backend, which captures the same graphs without code
-generation.
+few. So the Inductor comparison runs two graphs only (SimCLR, and MoCo v2: an EMA target and key
+queues mutated inside the graph); the graph bookkeeping is checked with the "eager" backend, which
+captures the same graphs without code generation.
 
 Tolerance: Inductor fuses and reorders float32 reductions, so loss and gradients agree to rounding,
 not bit for bit: relative 1e-4 / absolute 1e-6 (the differences measured are ~1e-7 relative).
