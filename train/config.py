@@ -79,6 +79,7 @@ class DataConfig:
     eval_split: str = "test"          # split used for kNN / probe evaluation
     train_subset: int = 0             # use only the first N training images (smoke runs, tests); 0 = all
     eval_subset: int = 0              # evaluate on the first N eval-split images; 0 = all
+    download: bool = False            # fetch the dataset's standard archives into root first (internet; MD5-checked)
 
 
 @dataclass
@@ -115,7 +116,10 @@ class TrainConfig:
     resume: bool = False              # continue the run in `out` from its last checkpoint
     checkpoint_every_steps: int = 0   # also checkpoint every N steps (0 = at the end of each epoch only)
     log_every_steps: int = 10         # logging interval
-    progress_bar: bool = True
+    progress_bar: bool = True         # the per-step bar, on a terminal only (per-epoch lines are printed always)
+    tensorboard: str = choice("auto", ("auto", "on", "off"))  # TensorBoard logs beside the CSV; auto = if installed
+    wandb: str = choice("off", ("off", "offline", "online"))  # Weights & Biases logger; offline writes OUT/wandb only
+    wandb_project: str = "hexfast"    # W&B project name
     channels_last: bool = True        # channels-last memory format (GPUs; also ~20% faster convs on the CPU)
     # torch.compile of the step's forward (backbone(s), projector, method loss, probes) and its backward:
     # off | default | reduce-overhead (also CUDA graphs on a GPU; on the CPU the same as default)
@@ -501,8 +505,13 @@ def save_yaml(cfg: Config, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+# where a run is written and what watches it, not what it computes
+RESULT_NEUTRAL_TRAIN_KEYS = ("out", "resume", "progress_bar", "tensorboard", "wandb", "wandb_project")
+
+
 def config_hash(cfg: Config) -> str:
     """sha256 (first 16 hex) of the settings that change the result (not where it is written)."""
     d = to_dict(cfg)
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("out", "resume", "progress_bar")}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in RESULT_NEUTRAL_TRAIN_KEYS}
+    d["data"] = {k: v for k, v in d["data"].items() if k != "download"}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

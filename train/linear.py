@@ -42,7 +42,7 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: 
     """A standardise+linear classifier on fixed features x [N, F] with labels y [N]."""
     g = torch.Generator().manual_seed(seed)
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    head = nn.Linear(x.shape[1], num_classes)
+    head = nn.Linear(x.shape[1], num_classes).to(x.device)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=wd)
     steps = epochs * max(1, -(-len(x) // batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -50,7 +50,7 @@ def train_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, epochs: 
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g)
         for start in range(0, len(x), batch_size):
-            idx = order[start : start + batch_size]
+            idx = order[start : start + batch_size].to(x.device)
             loss = F.cross_entropy(head(xs[idx]), y[idx])
             opt.zero_grad()
             loss.backward()

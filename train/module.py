@@ -55,6 +55,7 @@ class SSLModule(L.LightningModule):
         self.total_steps = cfg.train.epochs * steps_per_epoch
         self.data = data          # train.pretrain.RunData: builds loaders once rank/device are known
         self.history: list[dict] = []   # per-evaluation metrics (for plots and summary.json)
+        self.initial: dict | None = None  # the same metrics of the initial network, before step 0
         self._loader = None
         self._shown_loss = None   # host copy of the loss for the progress bar (see training_step)
         self._graph_epochs: dict = {}  # HEX settings -> the epoch whose graph computes them (compile)
@@ -188,12 +189,25 @@ class SSLModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ---------------------------------------------------------------- evaluation
+    def on_train_start(self):
+        """Evaluate the initial network once, before the first step (not again on resume), so that
+        the run can state what pretraining added. Logged at step 0 as epoch -1."""
+        if self.data is None or self.initial is not None or self.global_step > 0:
+            return
+        device = next(self.backbone.parameters()).device
+        # the evaluation must not shift the random streams the training draws from
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            metrics = self.evaluate(linear=True)
+        self.initial = {**metrics, "epoch": -1, "step": 0}
+        for logger in self.loggers:
+            logger.log_metrics({"epoch": -1, **{f"eval/{k}": float(v) for k, v in metrics.items()}}, step=0)
+
     def on_train_epoch_end(self):
         epoch = self.current_epoch
         last = epoch + 1 == self.cfg.train.epochs
         if self.data is None or not ((epoch + 1) % self.cfg.eval.every_epochs == 0 or last):
             return
-        metrics = self.evaluate()
+        metrics = self.evaluate(linear=last)  # the frozen-feature probe at the end, to compare with the start
         metrics["epoch"] = epoch
         metrics["step"] = int(self.global_step)
         self.history.append(metrics)
@@ -201,8 +215,13 @@ class SSLModule(L.LightningModule):
                       on_step=False, on_epoch=True, sync_dist=True)  # same value on every process
 
     @torch.no_grad()
-    def evaluate(self) -> dict:
+    def evaluate(self, linear: bool = False) -> dict:
         """kNN (fine, coarse) and probe accuracies on the eval split; the bank is the train split.
+
+        linear: also fit a linear classifier on the frozen bank features (train.linear's protocol:
+        standardised features, SGD, 30 epochs) and report it as linear_fine / linear_coarse. Unlike
+        the online probe, which is trained alongside the backbone, it means the same thing for the
+        initial network and the final one.
 
         With several processes each extracts its shard of both splits and the features are
         gathered, so every process holds the same bank and reports the same numbers.
@@ -217,6 +236,8 @@ class SSLModule(L.LightningModule):
         if self.probe_coarse is not None:
             out["knn_coarse"] = knn_accuracy(tr[0], tr[2], te[0], te[2], k, t)
             out["probe_coarse"] = probe_accuracy(self.probe_coarse, te[0], te[2])
+        if linear:
+            out.update(linear_probe_accuracies(tr, te, self.probe_fine, self.probe_coarse, self.cfg.train.seed))
         return out
 
     # ---------------------------------------------------------------- checkpoints
@@ -229,6 +250,7 @@ class SSLModule(L.LightningModule):
             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "history": list(self.history),
+            "initial": self.initial,
             "schedule": self.method.hex.schedule.state_dict() if self.method.hex is not None else None,
             "loader": self._loader.state_dict() if self._loader is not None else None,
         }
@@ -236,6 +258,7 @@ class SSLModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         extra = checkpoint.get("hexfast", {})
         self.history = list(extra.get("history", []))
+        self.initial = extra.get("initial")
         if extra.get("schedule") is not None and self.method.hex is not None:
             self.method.hex.schedule.load_state_dict(extra["schedule"])
         rng = extra.get("rng")
@@ -247,6 +270,31 @@ class SSLModule(L.LightningModule):
             if rng.get("cuda") is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
         self._resume_loader_state = extra.get("loader")
+
+
+def linear_probe_accuracies(train, test, probe_fine, probe_coarse, seed: int) -> dict:
+    """{linear_fine, linear_coarse}: train.linear's frozen-feature classifier fitted on the bank
+    features `train` = (feats, fine, coarse) and scored on `test` (NaN where no sample has a label)."""
+    from train.linear import train_linear
+
+    out = {}
+    with torch.enable_grad():
+        for name, col, head in (("fine", 1, probe_fine), ("coarse", 2, probe_coarse)):
+            if head is None:
+                continue
+            keep, keep_test = train[col] >= 0, test[col] >= 0
+            if not keep.any() or not keep_test.any():
+                out[f"linear_{name}"] = float("nan")
+                continue
+            clf = train_linear(train[0][keep], train[col][keep], head.out_features, epochs=LINEAR_EPOCHS, lr=0.1,
+                               wd=0.0, batch_size=256, seed=seed)
+            with torch.no_grad():
+                pred = clf(test[0][keep_test]).argmax(1)
+            out[f"linear_{name}"] = float((pred == test[col][keep_test]).float().mean())
+    return out
+
+
+LINEAR_EPOCHS = 30  # python -m train.linear's default
 
 
 def _numpy_state():

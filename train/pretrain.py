@@ -6,13 +6,19 @@
     python -m train.pretrain --out runs/x --resume             # continue a killed run
     python -m train.pretrain simclr.temperature=0.2 hex.quantile=0.98   # any config field
 
+    python -m train.pretrain --compare-baseline                # the same budget with --hex none, side by side
+    python -m train.pretrain --print-config --epochs 20        # the resolved config, then exit
+
 Everything is checked before training starts (config keys and types, method, dataset, kernel). The
-run directory receives config.yaml (the resolved config), logs/ (CSV and, if installed, TensorBoard),
-checkpoints/last.ckpt, plots/*.png and summary.json (final metrics + config hash).
+run directory receives config.yaml (the resolved config), logs/ (CSV always; TensorBoard when
+installed, `pip install hexfast[tensorboard]`; W&B with --wandb), checkpoints/last.ckpt, plots/*.png
+and summary.json (the initial network's and the final metrics, the gain, history, config hash).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import os
 import sys
 import time
@@ -26,35 +32,79 @@ FLAGS = {
     "data_dir": "data.root", "backbone": "model.backbone", "epochs": "train.epochs",
     "batch_size": "train.batch_size", "devices": "train.devices", "num_nodes": "train.num_nodes",
     "loader": "data.loader", "max_steps": "train.max_steps", "out": "train.out", "seed": "train.seed",
+    "tensorboard": "train.tensorboard", "wandb": "train.wandb",
 }
+TRAIN_EXTRA = ("lightning", "torchvision", "matplotlib")  # what `pip install hexfast[train]` brings
+
+
+def default(key: str):
+    """The config default of a dotted key (for --help)."""
+    node = C.Config()
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def dataset_names() -> list[str]:
+    try:
+        from train.data.registry import DATASETS
+    except ImportError:  # --help must work before the extras are installed
+        return ["fashion-mnist-small", "fashion-mnist", "mnist", "cifar10", "cifar100", "stl10", "imagefolder",
+                "flatfolder"]
+    return sorted(DATASETS, key=lambda n: (n != "fashion-mnist-small", n))
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m train.pretrain", description=__doc__.split("\n\n")[0],
+                                 epilog="Every config field (train/config.py; --print-config lists them with "
+                                        "their values) can also be set as key=value.",
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", help="YAML file of config values (applied over the defaults)")
-    ap.add_argument("--method", help=f"one of {', '.join(C.METHOD_NAMES)} (default simclr)")
-    ap.add_argument("--hex", help=f"one of {', '.join(C.HEX_MODES)} (default adaptive)")
-    ap.add_argument("--kernel", help=f"one of {', '.join(C.KERNELS)} (default auto)")
-    ap.add_argument("--dataset", help="dataset name (default: the embedded fashion-mnist-small)")
-    ap.add_argument("--data-dir", help="folder with the dataset's files")
-    ap.add_argument("--backbone", help=f"one of {', '.join(C.BACKBONES)} (default tiny)")
-    ap.add_argument("--epochs", type=int)
-    ap.add_argument("--batch-size", type=int, help="global batch size")
-    ap.add_argument("--devices", type=int, help="processes (GPUs, or CPU processes) per node")
-    ap.add_argument("--num-nodes", type=int)
-    ap.add_argument("--loader", help=f"one of {', '.join(C.LOADERS)}")
-    ap.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (smoke runs)")
+
+    def choices(values, key):
+        return f"one of {', '.join(values)} (default {default(key)})"
+
+    ap.add_argument("--config", help="YAML file of config values, applied over the defaults")
+    ap.add_argument("--method", help=choices(C.METHOD_NAMES, "method"))
+    ap.add_argument("--hex", help=choices(C.HEX_MODES, "hex.mode"))
+    ap.add_argument("--kernel", help=choices(C.KERNELS, "kernel") + "; auto = the fused kernel on CUDA tensors")
+    ap.add_argument("--dataset", help=f"one of {', '.join(dataset_names())} (default {default('data.dataset')}, "
+                                      "embedded: needs no files)")
+    ap.add_argument("--data-dir", help="folder with the dataset's files (default: the embedded copy, else "
+                                       "$HEXFAST_DATA/<name> or ~/.cache/hexfast/<name>); data.download=true fetches "
+                                       "the standard archives there")
+    ap.add_argument("--backbone", help=choices(C.BACKBONES, "model.backbone"))
+    ap.add_argument("--epochs", type=int, help=f"pretraining epochs (default {default('train.epochs')})")
+    ap.add_argument("--batch-size", type=int, help=f"global batch size (default {default('train.batch_size')})")
+    ap.add_argument("--devices", type=int, help=f"processes (GPUs, or CPU processes) per node "
+                                                f"(default {default('train.devices')})")
+    ap.add_argument("--num-nodes", type=int, help=f"nodes (default {default('train.num_nodes')})")
+    ap.add_argument("--loader", help=choices(C.LOADERS, "data.loader")
+                    + "; auto = DALI on a GPU when installed, else torchvision")
+    ap.add_argument("--max-steps", type=int, help=f"stop after this many optimizer steps, smoke runs "
+                                                  f"(default {default('train.max_steps')}: epochs x steps)")
     ap.add_argument("--out", help="run directory (default runs/<method>-<hex>-<time>)")
-    ap.add_argument("--seed", type=int)
+    ap.add_argument("--seed", type=int, help=f"global seed (default {default('train.seed')})")
+    ap.add_argument("--tensorboard", help=choices(("auto", "on", "off"), "train.tensorboard")
+                    + "; auto = when installed (pip install hexfast[tensorboard])")
+    ap.add_argument("--wandb", nargs="?", const="offline",
+                    help="log to Weights & Biases too: offline (the default when given: files under OUT/wandb, "
+                         "no account needed; `wandb sync` uploads them later) or online (default off; "
+                         "pip install hexfast[wandb])")
     ap.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    ap.add_argument("--compare-baseline", action="store_true",
+                    help="also run the same budget with --hex none and print both side by side "
+                         "(runs in OUT/hex-<mode> and OUT/hex-none)")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config (YAML) and exit")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="any config field, e.g. hex.quantile=0.98")
     return ap
 
 
 def resolve(argv=None) -> C.Config:
     """The checked Config from the command line (raises ConfigError before anything runs)."""
-    args = build_parser().parse_intermixed_args(argv)  # key=value overrides may sit between flags
+    return resolve_args(build_parser().parse_intermixed_args(argv))  # key=value overrides may sit between flags
+
+
+def resolve_args(args) -> C.Config:
     data: dict = {}
     if args.resume:
         if not args.out:
@@ -106,6 +156,12 @@ def check_environment(cfg: C.Config) -> None:
     if devices > have:
         raise C.ConfigError(f"train.devices ({devices}) exceeds the {have} {what}{'s' if have != 1 else ''} "
                             f"of this machine; use --devices {have} or fewer")
+    if cfg.train.tensorboard == "on" and importlib.util.find_spec("tensorboard") is None:
+        raise C.ConfigError("train.tensorboard=on: TensorBoard is not installed (pip install hexfast[tensorboard]); "
+                            "use auto or off")
+    if cfg.train.wandb != "off" and importlib.util.find_spec("wandb") is None:
+        raise C.ConfigError(f"--wandb {cfg.train.wandb}: wandb is not installed (pip install hexfast[wandb]); "
+                            "runs never need it (CSV logs are always written)")
     if cfg.data.loader == "dali":
         from train.data import dali_available
 
@@ -127,7 +183,7 @@ class RunData:
         root = d.root or None
         self.cfg = cfg
         try:  # a missing or bad dataset is a setup error: report it before anything runs
-            self.train = load_dataset(d.dataset, root=root, split=d.train_split)
+            self.train = load_dataset(d.dataset, root=root, split=d.train_split, download=d.download)
             self.eval = load_dataset(d.dataset, root=root, split=d.eval_split)
         except ValueError as err:  # DataError is a ValueError
             raise C.ConfigError(f"dataset {d.dataset!r}: {err}") from err
@@ -211,28 +267,46 @@ def default_out(cfg: C.Config) -> Path:
     return Path("runs") / f"{cfg.method}-{cfg.hex.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def build_trainer(cfg: C.Config, out: Path, extra_callbacks=(), resume_step: int | None = None):
+def build_loggers(cfg: C.Config, out: Path, resume_step: int | None = None, console=None) -> list:
+    """CSV always (logs/metrics.csv); TensorBoard (logs/) when installed or asked for; W&B when asked
+    for (offline unless train.wandb=online: files under OUT/wandb)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    t = cfg.train
+    csv_logger = CSVLogger(str(out), name="", version="logs")
+    if resume_step is not None:
+        kept = keep_logged_rows(csv_logger, out / "logs" / "metrics.csv", resume_step)
+        if console is not None:
+            console.kept_rows = kept
+    loggers = [csv_logger]
+    if t.tensorboard != "off" and importlib.util.find_spec("tensorboard") is not None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(out), name="", version="logs", default_hp_metric=False))
+    if t.wandb != "off":
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")  # its banner would bury the per-epoch lines
+        # one W&B run per run directory: a resumed run continues it
+        run_id = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
+        loggers.append(WandbLogger(name=out.name, project=t.wandb_project, save_dir=str(out), id=run_id,
+                                   offline=t.wandb == "offline", resume="allow", config=C.to_dict(cfg)))
+    return loggers
+
+
+def build_trainer(cfg: C.Config, out: Path, extra_callbacks=(), resume_step: int | None = None, console=None):
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
+
+    from train.console import show_progress_bar
 
     t = cfg.train
     gpu = torch.cuda.is_available() and t.accelerator != "cpu"
     precision = t.precision if t.precision != "auto" else ("bf16-mixed" if gpu else "32-true")
     if precision == "32":
         precision = "32-true"
-    csv_logger = CSVLogger(str(out), name="", version="logs")
-    if resume_step is not None:
-        keep_logged_rows(csv_logger, out / "logs" / "metrics.csv", resume_step)
-    loggers = [csv_logger]
-    try:
-        import tensorboard  # noqa: F401
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(str(out), name="", version="logs"))
-    except ImportError:
-        pass
+    loggers = build_loggers(cfg, out, resume_step, console)
     # one file, checkpoints/last.ckpt, overwritten at every save (save_last alone saves nothing
     # without a top-k checkpoint in Lightning 2.6)
     ckpt = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="last", save_top_k=1, save_last=False,
@@ -248,28 +322,45 @@ def build_trainer(cfg: C.Config, out: Path, extra_callbacks=(), resume_step: int
         # BatchNorm, queues filled from gathered batches): re-broadcasting ~100 MB of queue from rank 0
         # every step would only cost time.
         strategy = DDPStrategy(process_group_backend="nccl" if gpu else "gloo", broadcast_buffers=False)
+    bar = [progress_bar()] if show_progress_bar(t.progress_bar) else []
     return L.Trainer(
         default_root_dir=str(out), max_epochs=t.epochs, max_steps=t.max_steps,
         accelerator="gpu" if gpu else "cpu", devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-        precision=precision, logger=loggers, callbacks=[ckpt, *extra_callbacks],
-        enable_progress_bar=t.progress_bar, log_every_n_steps=t.log_every_steps, num_sanity_val_steps=0,
+        precision=precision, logger=loggers, callbacks=[ckpt, *extra_callbacks, *bar],
+        enable_progress_bar=bool(bar), log_every_n_steps=t.log_every_steps, num_sanity_val_steps=0,
         use_distributed_sampler=False, enable_model_summary=False, benchmark=gpu,
     )
 
 
-def keep_logged_rows(csv_logger, path: Path, resume_step: int) -> None:
+def keep_logged_rows(csv_logger, path: Path, resume_step: int) -> int:
     """A resumed run keeps its log: Lightning's CSV writer deletes metrics.csv when it starts, so
     the rows logged before the checkpoint's step are read first and queued for its first write
-    (rows after it are logged again by the resumed run)."""
+    (rows after it are logged again by the resumed run). Returns the number of rows kept."""
     from train.diagnostics import read_metrics
 
     rows = read_metrics(path)
     writer = csv_logger.experiment  # creating it deletes the old file
+    kept = 0
     for row in rows:
         if row.get("step") in (None, "") or float(row["step"]) >= resume_step:
             continue
         writer.metrics.append({k: (int(float(v)) if k in ("step", "epoch") else float(v))
                                for k, v in row.items() if v not in ("", None)})
+        kept += 1
+    return kept
+
+
+def progress_bar():
+    """Lightning's bar without its `v_num=logs` field (the run directory is on the start line)."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    class Bar(TQDMProgressBar):
+        def get_metrics(self, trainer, pl_module):
+            items = super().get_metrics(trainer, pl_module)
+            items.pop("v_num", None)
+            return items
+
+    return Bar()
 
 
 def run(cfg: C.Config, extra_callbacks=()) -> dict:
@@ -282,10 +373,12 @@ def run(cfg: C.Config, extra_callbacks=()) -> dict:
     import lightning as L
 
     from train import rundir
+    from train.console import end_line, make_console, quiet_lightning, say
     from train.diagnostics import finish_run
     from train.module import SSLModule
 
     check_environment(cfg)
+    quiet_lightning()
     out = Path(cfg.train.out) if cfg.train.out else default_out(cfg)
     cfg.train.out = str(out)
     rundir.check_out(out)
@@ -314,7 +407,9 @@ def run(cfg: C.Config, extra_callbacks=()) -> dict:
             lock.abandon()  # nothing written yet: leave no (empty) run folder behind
         raise
     try:
-        trainer = build_trainer(cfg, out, [rundir.resume_callback(), *extra_callbacks], resume_step)
+        console = make_console(cfg, data, out, resume_step)
+        trainer = build_trainer(cfg, out, [rundir.resume_callback(), console, *extra_callbacks], resume_step,
+                                console=console)
         if trainer.is_global_zero and lock is None:  # a launcher whose ranks the environment did not tell
             lock = rundir.RunLock(out).acquire()
         if trainer.is_global_zero:
@@ -325,24 +420,92 @@ def run(cfg: C.Config, extra_callbacks=()) -> dict:
         wall_s = time.perf_counter() - started
         summary = {}
         if trainer.is_global_zero:
-            summary = finish_run(cfg, out, module.history, int(trainer.global_step), wall_s=wall_s)
+            summary = finish_run(cfg, out, module.history, int(trainer.global_step), wall_s=wall_s,
+                                 initial=module.initial, steps_per_epoch=data.steps_per_epoch)
+            say(end_line(summary))
     finally:
         if lock is not None:
             lock.release()
     return summary
 
 
+def compare_baseline(cfg: C.Config) -> dict:
+    """The configured HEX run and the same budget with --hex none (same seed, so the same initial
+    network), in OUT/hex-<mode> and OUT/hex-none; prints and writes (OUT/comparison.json) both side by side."""
+    import copy
+    import json
+
+    from train.console import comparison_table, say
+    from train.diagnostics import strict_json
+
+    if cfg.hex.mode == "none":
+        raise C.ConfigError("--compare-baseline compares a HEX rule with --hex none; choose --hex "
+                            + ", ".join(m for m in C.HEX_MODES if m != "none"))
+    if cfg.train.resume:
+        raise C.ConfigError("--compare-baseline starts two new runs; resume each of its run directories on its own")
+    if cfg.train.devices * cfg.train.num_nodes > 1:
+        raise C.ConfigError("--compare-baseline runs its two trainings in one process; for multi-process runs "
+                            "start the --hex setting and --hex none as two commands")
+    base = Path(cfg.train.out) if cfg.train.out else Path("runs") / (
+        f"compare-{cfg.method}-{cfg.hex.mode}-{time.strftime('%Y%m%d-%H%M%S')}")
+    arms = {}
+    for mode in (cfg.hex.mode, "none"):
+        arm = copy.deepcopy(cfg)
+        arm.hex.mode = mode
+        arm.train.out = str(base / f"hex-{mode}")
+        C.validate(arm)
+        if (Path(arm.train.out) / "checkpoints" / "last.ckpt").exists():
+            raise C.ConfigError(f"{arm.train.out} already holds a run; choose another --out")
+        arms[f"hex {mode}"] = arm
+    summaries = {}
+    for label, arm in arms.items():
+        say(f"--compare-baseline: {label} -> {arm.train.out}")
+        summaries[label] = run(arm)
+    table = comparison_table(summaries)
+    say(f"--compare-baseline: the same budget ({summaries[next(iter(summaries))].get('steps')} steps, seed "
+        f"{cfg.train.seed}) with and without HEX; accuracies on the {cfg.data.eval_split} split, difference in points\n"
+        + table)
+    keep = ("initial", "final", "gain", "steps", "wall_s", "out", "config_hash")
+    result = {"runs": {label: {k: s.get(k) for k in keep} for label, s in summaries.items()}, "table": table}
+    (base / "comparison.json").write_text(json.dumps(strict_json(result), indent=2, allow_nan=False))
+    return summaries
+
+
+def require_train_extra() -> None:
+    """The trainer's packages, named as the extra that installs them, instead of a raw ImportError."""
+    import importlib
+
+    missing = []
+    for name in TRAIN_EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise C.ConfigError(f"the trainer needs the [train] extra: pip install hexfast[train] "
+                            f"(missing: {', '.join(missing)})")
+
+
 def main(argv=None) -> int:
     try:
-        cfg = resolve(argv)
-        summary = run(cfg)
+        args = build_parser().parse_intermixed_args(argv)
+        cfg = resolve_args(args)
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(C.to_dict(cfg), sort_keys=False), end="")
+            return 0
+        require_train_extra()
+        from train.console import quiet_lightning
+
+        quiet_lightning()
+        if args.compare_baseline:
+            compare_baseline(cfg)
+        else:
+            run(cfg)
     except C.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if summary:
-        final = summary.get("final", {})
-        parts = [f"{k} {100 * v:.2f}%" for k, v in final.items() if isinstance(v, float) and k != "epoch"]
-        print(f"done: {summary['steps']} steps; " + ", ".join(parts) + f"; run dir {summary['out']}")
     return 0
 
 

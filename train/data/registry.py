@@ -117,6 +117,8 @@ def load_dataset(name: str = DEFAULT_DATASET, root: str | Path | None = None, sp
     if download:
         fetch(name, root)
     elif not root.exists():
-        hint = " (pass download=True to fetch it)" if name in SOURCES else ""
+        # both routes exist: the trainer's data.download config key and this function's argument
+        hint = (" (add data.download=true to the train.pretrain command line, or pass download=True to "
+                "load_dataset, to fetch it; needs internet)" if name in SOURCES else "")
         raise DataError(f"missing dataset folder for {name!r}: {root} does not exist{hint}")
     return reader(name, root, split, **options)
