@@ -26,6 +26,7 @@ fi
 
 # Extras: the tests and benchmarks exercise everything (DALI's CPU operators included).
 if [ "$cmd" = pretrain ]; then extras="train,triton"; probe="torch, lightning, torchvision"
+elif [ "$cmd" = bench ]; then extras="dev,dali,bench"; probe="torch, lightning, torchvision, pytest, pytest_benchmark, lightly"
 else extras="dev,dali"; probe="torch, lightning, torchvision, pytest, pytest_benchmark"; fi
 [ "$cmd" = lint ] && probe="ruff"
 need_install=0

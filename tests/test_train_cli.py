@@ -19,7 +19,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     assert pretrain.main(TINY + ["--epochs", "1", "--max-steps", "2", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "knn_fine" in printed and "knn_coarse" in printed
+    assert "kNN fine" in printed and "kNN coarse" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["wall_s"] > 0
     assert 0.0 <= summary["final"]["knn_fine"] <= 1.0
