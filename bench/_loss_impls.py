@@ -307,7 +307,9 @@ def case_ratios(case: dict) -> dict:
 
 
 def ratio_table(results: list[dict]) -> str:
-    """Markdown: one row per case, its time and its ratio to every baseline of the same shape and run."""
+    """Markdown: one row per case, its median time and its ratio to every baseline of the same shape
+    and run: "speed-up over X" = X's time / ours (above 1: ours is faster); "ours / floor" = how many
+    times the three plain matmuls our time is."""
     if not results:
         return ""
     names = []
@@ -317,7 +319,7 @@ def ratio_table(results: list[dict]) -> str:
                 names.append(name)
     head = ["2B", "D", "dtype", "pass", f"{LABELS[results[0]['impl']]} ms", "rounds"]
     for name in names:
-        head += [f"{LABELS[name]} ms", "ours / floor" if name == "matmul3" else f"{LABELS[name]} / ours"]
+        head += [f"{LABELS[name]} ms", "ours / floor" if name == "matmul3" else f"speed-up over {LABELS[name]}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(results, key=lambda r: (r["dtype"], r["n"], r["d"], r["pass"] != "forward")):
         ratios = case_ratios(r)

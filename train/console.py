@@ -250,6 +250,7 @@ def make_console(cfg, data, out, resume_step=None, kept_rows: int = 0):
             self.epoch_t0 = self.epoch_step0 = None
             self.train_s = 0.0
             self.initial_shown = False
+            self.kept_rows = kept_rows  # set by train.pretrain.build_loggers on resume
 
         def on_train_start(self, trainer, module):
             self.started = time.perf_counter()
@@ -260,7 +261,7 @@ def make_console(cfg, data, out, resume_step=None, kept_rows: int = 0):
             say(start_line(cfg, data, out=out, kernel=kernel_name(cfg, trainer), loader=loader,
                            devices=devices_name(cfg, trainer), resume_step=resume_step))
             if resume_step is not None:
-                say(resume_line(kept_rows, resume_step))
+                say(resume_line(self.kept_rows, resume_step))
 
         def on_train_epoch_start(self, trainer, module):
             self._flush(trainer, module)
