@@ -275,7 +275,7 @@ def test_plots_are_labelled_in_percent_with_warmup_and_logged_epochs():
 
     cfg = C.from_dict({"hex": {"warmup_epochs": 1}})
     fig = Dg.training_figure(_rows(4, 4, 1), cfg, 4, "runs/x: the title")
-    assert fig._suptitle.get_text() == "runs/x: the title"
+    assert fig.get_suptitle() == "runs/x: the title"
     loss_ax, eps_ax, frac_ax = fig.axes
     for ax in fig.axes:
         assert ax.get_xlabel().startswith("epoch") and ax.get_ylabel()

@@ -102,7 +102,7 @@ def training_figure(rows: list[dict], cfg, steps_per_epoch: int, title: str):
          "hierarchical fraction of negatives"),
     )
     last_x = 0.0
-    for ax, key, ylabel, scale, title in panels:
+    for ax, key, ylabel, scale, panel_title in panels:
         xs, ys = series(rows, f"{key}_step")
         pts = [(x / spe, y * scale) for x, y in zip(xs, ys) if math.isfinite(y)]
         if key == "hex/hier_fraction" and infonce_warmup:
@@ -123,7 +123,7 @@ def training_figure(rows: list[dict], cfg, steps_per_epoch: int, title: str):
                    "superclass": "superclass rule: the coarse labels decide, no threshold"}.get(cfg.hex.mode,
                                                                                               "nothing logged")
             ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", color="0.3")
-        ax.set_title(title)
+        ax.set_title(panel_title)
         ax.set_ylabel(ylabel)
         ax.set_xlabel("epoch (0 = first, as in logs/metrics.csv)")
         ax.grid(alpha=0.3)
