@@ -315,11 +315,12 @@ def kernel_name(cfg, trainer) -> str:
         return cfg.kernel
     device = getattr(trainer.strategy, "root_device", None)
     if device is not None and device.type == "cuda":
-        try:
-            import kernels  # noqa: F401
+        from hexfast.backend import KernelUnavailableError, load
 
+        try:
+            load("triton")
             return "auto (triton: the fused kernel on CUDA)"
-        except ImportError:
+        except KernelUnavailableError:
             return "auto (torch: the fused kernel cannot be imported)"
     return "auto (torch reference: no CUDA device)"
 
