@@ -238,7 +238,7 @@ def test_readme_states_the_warmup_as_the_code_runs_it():
 
     cfg = C.Config()
     schedule = make_schedule(cfg.hex, cfg.method, cfg.train.epochs)
-    warm = [e for e in range(cfg.train.epochs) if schedule(e).threshold == "none"]
+    warm = [e for e in range(cfg.train.epochs) if schedule(e).rule.kind == "none"]
     assert warm == [0, 1]
     readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
     assert "epochs 0 and 1" in readme and "epoch <= warmup_epochs" in readme

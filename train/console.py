@@ -97,13 +97,13 @@ def clock(seconds: float) -> str:
 
 def hex_rule(cfg) -> str:
     """The HEX rule in words, warm-up included (as train.hexterm.make_schedule builds it)."""
-    from train.hexterm import HEX_WARMUP
+    from train.methods import METHODS
 
     h = cfg.hex
     if h.mode == "none":
         return f"{cfg.method}, HEX off (--hex none: the method's own loss)"
     if h.mode == "adaptive":
-        warmup = h.warmup if h.warmup != "auto" else HEX_WARMUP.get(cfg.method, "infonce")
+        warmup = h.warmup if h.warmup != "auto" else METHODS[cfg.method].hex_warmup
         if warmup == "off":
             when = "no warm-up"
         elif warmup == "cosine":

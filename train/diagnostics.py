@@ -55,12 +55,12 @@ def strict_json(obj):
 
 def warmup_epochs(cfg) -> tuple[int, str] | None:
     """(last warm-up epoch, what runs during it) for the adaptive rule, else None."""
-    from train.hexterm import HEX_WARMUP
+    from train.methods import METHODS
 
     h = cfg.hex
     if h.mode != "adaptive":
         return None
-    kind = h.warmup if h.warmup != "auto" else HEX_WARMUP.get(cfg.method, "infonce")
+    kind = h.warmup if h.warmup != "auto" else METHODS[cfg.method].hex_warmup
     if kind == "off":
         return None
     what = "InfoNCE, no eps" if kind == "infonce" else f"eps fixed at raw cosine {h.warmup_eps:g}"
