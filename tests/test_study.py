@@ -88,7 +88,9 @@ def _perturbed(obj, prefix=""):
 # set by a named flag of the command, or not read by the arm (out/resume/progress bar: where and how
 # a run is written, not what it computes)
 NOT_PINNED = {"method", "hex.mode", "data.dataset", "data.root", "model.backbone", "train.epochs", "train.seed",
-              "train.out", "train.resume", "train.progress_bar", "hex.vicreg_scale"}
+              "train.out", "train.resume", "train.progress_bar", "hex.vicreg_scale",
+              # what watches a run and where its data comes from, not what it computes
+              "train.tensorboard", "train.wandb", "train.wandb_project", "data.download"}
 FIXED_ONLY = {"hex.fixed_schedule", "hex.fixed_start", "hex.fixed_min", "hex.fixed_step", "hex.fixed_epoch_step"}
 
 
