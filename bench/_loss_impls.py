@@ -77,7 +77,8 @@ def skip_reason(candidate: str, n: int, d: int, dtype) -> str | None:
                 "program in Python, so its time says nothing about the kernel (tests/test_kernel_*.py check "
                 "its numbers); the CPU cases time hexfast's torch path")
     if candidate == "torch" and GPU:
-        return "on a GPU hexfast runs the fused kernel: the triton cases time it (the eager reference is their baseline)"
+        return ("on a GPU hexfast runs the fused kernel: the triton cases time it (the eager reference is "
+                "their baseline)")
     return None
 
 

@@ -113,7 +113,8 @@ def hex_rule(cfg) -> str:
         return f"{cfg.method} + HEX adaptive (q {h.quantile:g}; {when})"
     if h.mode == "fixed":
         if h.fixed_schedule == "step":
-            sched = f"step {h.fixed_start:g} - {h.fixed_step:g} every {h.fixed_epoch_step} epochs, floor {h.fixed_min:g}"
+            sched = (f"step {h.fixed_start:g} - {h.fixed_step:g} every {h.fixed_epoch_step} epochs, "
+                     f"floor {h.fixed_min:g}")
         else:
             sched = f"{h.fixed_schedule} {h.fixed_start:g} -> {h.fixed_min:g}"
         return f"{cfg.method} + HEX fixed ({sched})"
@@ -209,7 +210,7 @@ def comparison_table(runs: dict[str, dict]) -> str:
     first = runs[labels[0]]
     rows = [("", ["initial"] + labels + ([f"{labels[0]} - {labels[1]}"] if len(labels) == 2 else []))]
     for k in ACCURACY_KEYS:
-        finals = [runs[l].get("final", {}).get(k) for l in labels]
+        finals = [runs[label].get("final", {}).get(k) for label in labels]
         if all(v is None for v in finals):
             continue
         init = (first.get("initial") or {}).get(k) if k in GAIN_KEYS else None
@@ -218,9 +219,10 @@ def comparison_table(runs: dict[str, dict]) -> str:
             a, b = finals
             cells.append(f"{100 * (a - b):+.1f}" if _finite(a) and _finite(b) else "-")
         rows.append((k.replace("_", " "), cells))
-    rows.append(("steps", [""] + [str(runs[l].get("steps", "-")) for l in labels] + ([""] if len(labels) == 2 else [])))
-    rows.append(("training s", [""] + [f"{runs[l]['wall_s']:.0f}" if _finite(runs[l].get("wall_s")) else "-"
-                                        for l in labels] + ([""] if len(labels) == 2 else [])))
+    pad = [""] if len(labels) == 2 else []
+    rows.append(("steps", [""] + [str(runs[label].get("steps", "-")) for label in labels] + pad))
+    rows.append(("training s", [""] + [f"{runs[label]['wall_s']:.0f}" if _finite(runs[label].get("wall_s")) else "-"
+                                        for label in labels] + pad))
     widths = [max(len(r[0]) for r in rows)] + [max(len(r[1][i]) for r in rows) for i in range(len(rows[0][1]))]
     lines = []
     for name, cells in rows:
