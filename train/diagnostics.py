@@ -63,14 +63,14 @@ def warmup_epochs(cfg) -> tuple[int, str] | None:
     kind = h.warmup if h.warmup != "auto" else METHODS[cfg.method].hex_warmup
     if kind == "off":
         return None
-    what = "InfoNCE, no eps" if kind == "infonce" else f"eps fixed at raw cosine {h.warmup_eps:g}"
+    what = "InfoNCE (another loss), no eps" if kind == "infonce" else f"eps fixed at raw cosine {h.warmup_eps:g}"
     return h.warmup_epochs, what
 
 
 def warmup_label(cfg) -> str:
     last, what = warmup_epochs(cfg)
     span = "epoch 0" if last == 0 else f"epochs 0-{last}"
-    return f"HEX warm-up, {span} ({what}; epoch <= hex.warmup_epochs = {last})"
+    return f"HEX warm-up, {span}: {what}"
 
 
 def run_title(cfg, out: Path) -> str:
@@ -131,10 +131,12 @@ def training_figure(rows: list[dict], cfg, steps_per_epoch: int, title: str):
     for ax in axes:
         _shade_warmup(ax, cfg, 0, min(w[0] + 1, epochs_run) if w else 0, label=ax is axes[0])
         ax.set_xlim(0, epochs_run)
-    axes[0].legend(fontsize=8, loc="best")
     _integer_ticks(axes[0], 0, epochs_run)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:  # one legend for the three panels, below them, covering no data
+        fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
@@ -152,25 +154,25 @@ def accuracy_figure(history: list[dict], initial: dict | None, cfg, title: str):
     and the final network."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 4.8))
+    fig, ax = plt.subplots(figsize=(11.5, 4.8))
     init = initial or {}
     epochs = [h["epoch"] for h in history]
     last = max(epochs) if epochs else 0
     _shade_warmup(ax, cfg, -0.5, min(warmup_epochs(cfg)[0], last) + 0.5 if warmup_epochs(cfg) else 0, label=True)
     styles = (("knn_fine", "kNN fine", "C0", "-", "o"), ("knn_coarse", "kNN coarse", "C1", "-", "o"),
-              ("probe_fine", "online linear probe fine", "C0", "--", "."),
-              ("probe_coarse", "online linear probe coarse", "C1", "--", "."))
+              ("probe_fine", "online probe fine", "C0", "--", "."),
+              ("probe_coarse", "online probe coarse", "C1", "--", "."))
     for key, label, color, ls, marker in styles:
         pts = [(h["epoch"], 100 * h[key]) for h in history if _ok(h.get(key))]
         if key.startswith("knn") and _ok(init.get(key)):
             pts = [(-1, 100 * init[key])] + pts  # the online probe starts untrained: no initial point
             ax.axhline(100 * init[key], color=color, ls=":", lw=1,
-                       label=f"initial network, {label} ({100 * init[key]:.1f}%)")
+                       label=f"initial network: {label} {100 * init[key]:.1f}%")
         if pts:
             ax.plot(*zip(*pts), ls=ls, marker=marker, color=color, label=label)
     final = history[-1] if history else {}
-    for key, label, color in (("linear_fine", "frozen-feature linear probe fine", "C0"),
-                              ("linear_coarse", "frozen-feature linear probe coarse", "C1")):
+    for key, label, color in (("linear_fine", "linear probe fine (frozen features)", "C0"),
+                              ("linear_coarse", "linear probe coarse (frozen features)", "C1")):
         pts = [(x, 100 * m[key]) for x, m in ((-1, init), (final.get("epoch"), final))
                if m and x is not None and _ok(m.get(key))]
         if pts:
