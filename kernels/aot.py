@@ -129,21 +129,30 @@ def compile_one(fn, signature, constexprs, arch: int):
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
 
 
+def _compile_entry(job) -> dict:
+    """One (dtype, rule set, D, spec index, arch) compile + ptxas report (a worker process's unit)."""
+    dtype, rules, d, index, arch = job
+    label, fn, sig, const = kernel_specs(dtype, rules, d)[index]
+    k = compile_one(fn, sig, const, arch)
+    entry = {"kernel": label, "arch": f"sm_{arch}", "shared_bytes": k.metadata.shared,
+             "num_warps": GPU_CONFIG.num_warps, "num_stages": GPU_CONFIG.num_stages,
+             "block_m": GPU_CONFIG.block_m, "block_n": GPU_CONFIG.block_n,
+             "block_d": const["BLOCK_D"], "single_k": const["SINGLE_K"],
+             "mma": "wgmma" if "wgmma" in k.asm["ptx"] else ("mma" if "mma.sync" in k.asm["ptx"] else "fma")}
+    entry.update(ptxas_resources(k.asm["ptx"], arch))
+    return entry
+
+
 def report(dtypes=("bfloat16", "float16", "float32"), rules=(0, 1, 2, 3), archs=(90, 80),
-           dims=(128, 512)) -> dict:
-    rows = []
-    for dtype in dtypes:
-        for label, fn, sig, const in [s for d in dims for s in kernel_specs(dtype, rules, d)]:
-            for arch in archs:
-                k = compile_one(fn, sig, const, arch)
-                entry = {"kernel": label, "arch": f"sm_{arch}", "shared_bytes": k.metadata.shared,
-                         "num_warps": GPU_CONFIG.num_warps, "num_stages": GPU_CONFIG.num_stages,
-                         "block_m": GPU_CONFIG.block_m, "block_n": GPU_CONFIG.block_n,
-                         "block_d": const["BLOCK_D"], "single_k": const["SINGLE_K"],
-                         "mma": "wgmma" if "wgmma" in k.asm["ptx"] else
-                         ("mma" if "mma.sync" in k.asm["ptx"] else "fma")}
-                entry.update(ptxas_resources(k.asm["ptx"], arch))
-                rows.append(entry)
+           dims=(128, 512), workers: int | None = None) -> dict:
+    """Compile every kernel x dtype x D x arch, on all cores (compiles are independent)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(dtype, tuple(rules), d, i, arch) for dtype in dtypes for d in dims
+            for i in range(len(kernel_specs(dtype, rules, d))) for arch in archs]
+    workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        rows = list(pool.map(_compile_entry, jobs))
     return {"triton": triton.__version__, "config": GPU_CONFIG.__dict__, "kernels": rows}
 
 
