@@ -66,7 +66,7 @@ CPU_PINS = (
     "optim.classifier_lr=0.1", "optim.adamw_betas=[0.9, 0.999]",
     "train.batch_size=256", "train.max_steps=-1", "train.devices=1", "train.num_nodes=1",
     "train.accelerator=cpu", "train.precision='32'", "train.log_every_steps=10", "train.channels_last=true",
-    "train.checkpoint_every_steps=0",
+    "train.checkpoint_every_steps=0", "train.compile='off'",  # compile: added after the pilot, which ran eager
     "eval.knn_k=20", "eval.knn_temperature=0.07", "eval.every_epochs=1", "eval.max_bank=0",
     # HEX: the released settings (q = 0.99, w = 0, positive not in the denominator; Barlow's added
     # term alpha 0.1, tau 0.1); the warm-up of the adaptive rule: epochs 0 and 1 of 25
