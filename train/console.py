@@ -201,7 +201,8 @@ def end_line(summary: dict) -> str:
     head = where + (" vs the initial network, in points" if gain else "")
     wall = summary.get("wall_s")
     tail = f"{wall:.0f} s of training" if _finite(wall) else None
-    return f"{head}: " + ", ".join(parts) + (f" | {tail}" if tail else "") + f" | run dir {summary['out']}"
+    out = summary.get("out")  # absent when a summary is built outside a run (tests, callbacks)
+    return f"{head}: " + ", ".join(parts) + (f" | {tail}" if tail else "") + (f" | run dir {out}" if out else "")
 
 
 def comparison_table(runs: dict[str, dict]) -> str:
