@@ -62,10 +62,11 @@ import triton.language as tl
 from kernels._tiles import fkey, funkey, hier_mask, own_rows, sim_cols
 
 # Per-row fields of the fused pass (`RS`, fp32; counts are exact integers below 2^24).
-RS_SA, RS_MA, RS_SB, RS_MB, RS_NH, RS_POS, RS_SELF, RS_CHI, RS_NBUF = range(9)
-RS_FIELDS = 9
+# (constexprs: the kernels index RS with them; RS_FIELDS is the row stride)
+RS_SA, RS_MA, RS_SB, RS_MB, RS_NH, RS_POS, RS_SELF, RS_CHI, RS_NBUF = (tl.constexpr(i) for i in range(9))
+RS_FIELDS = tl.constexpr(9)
 # Per-row outputs (fp64) summed by the launcher: loss_i / M, |H(i)|, empty, #negatives, 1.
-ROUT_FIELDS = 5
+ROUT_FIELDS = tl.constexpr(5)
 _LN2 = tl.constexpr(0.6931471805599453)
 _BIG = tl.constexpr(4.0)  # above and below every cosine (|s| <= 1 + a few ulps)
 SAMPLE_HASH = tl.constexpr(2654435761)  # a prime above any row count (Knuth's multiplicative hash)
@@ -103,6 +104,14 @@ def _col_groups(GC, cols, col_ok, RULE: tl.constexpr):
     if RULE == 3:
         g_col = tl.load(GC + cols, mask=col_ok, other=-2)
     return g_col
+
+
+@triton.jit
+def _empty_parts(lmax, BLOCK_M: tl.constexpr, FIXED_MAX: tl.constexpr):
+    """(mA, sA, mB, sB) of rows with no entry yet: the fixed maximum, or -inf for the online one."""
+    init = lmax if FIXED_MAX else float("-inf")
+    m = tl.full([BLOCK_M], init, tl.float32)
+    return m, tl.zeros([BLOCK_M], tl.float32), m, tl.zeros([BLOCK_M], tl.float32)
 
 
 @triton.jit
@@ -149,7 +158,7 @@ def _finish_rows(LSE2, GMUL, ROUT, rows, row_ok, m_a, s_a, m_b, s_b, n_h, s_pos,
     tl.store(LSE2 + rows, tl.where(empty, 0.0, lse2), mask=row_ok)
     tl.store(GMUL + rows, tl.where(empty, 0.0, 1.0), mask=row_ok)
     n_neg = N - 1 - ((slf >= 0) & (slf != pos)).to(tl.int32)
-    out = ROUT + rows * 5  # fp64: the sums over rows stay exact integers far beyond 2^24
+    out = ROUT + rows * ROUT_FIELDS  # fp64: the sums over rows stay exact integers far beyond 2^24
     tl.store(out + 0, loss.to(tl.float64) * inv_m, mask=row_ok)
     tl.store(out + 1, n_h.to(tl.float64), mask=row_ok)
     tl.store(out + 2, empty.to(tl.float64), mask=row_ok)
@@ -165,11 +174,7 @@ def _lse_stream(A, C, RA, RC, GC, a_own, ra, rows, row_ok, pos, slf, rmin, rden,
                 PRECISION: tl.constexpr):
     """Both parts of every row with a known eps: (mA, sA) over R, (mB, sB) over H, |H|, s_pos."""
     lmax = scale2
-    init = lmax if FIXED_MAX else float("-inf")
-    m_a = tl.full([BLOCK_M], init, tl.float32)
-    m_b = tl.full([BLOCK_M], init, tl.float32)
-    s_a = tl.zeros([BLOCK_M], tl.float32)
-    s_b = tl.zeros([BLOCK_M], tl.float32)
+    m_a, s_a, m_b, s_b = _empty_parts(lmax, BLOCK_M, FIXED_MAX)
     s_pos = tl.zeros([BLOCK_M], tl.float32)
     n_h = tl.zeros([BLOCK_M], tl.int32)
     for n0 in range(0, N, BLOCK_N):
@@ -243,11 +248,7 @@ def _fwd_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, TV, BUF, RS, L
         e_lo = tl.load(EPS + e_lo_at)
         e_hi = tl.load(EPS + e_hi_at)
         lmax = scale2
-        init = lmax if FIXED_MAX else float("-inf")
-        m_a = tl.full([BLOCK_M], init, tl.float32)
-        m_b = tl.full([BLOCK_M], init, tl.float32)
-        s_a = tl.zeros([BLOCK_M], tl.float32)
-        s_b = tl.zeros([BLOCK_M], tl.float32)
+        m_a, s_a, m_b, s_b = _empty_parts(lmax, BLOCK_M, FIXED_MAX)
         s_pos = tl.zeros([BLOCK_M], tl.float32)
         s_self = tl.zeros([BLOCK_M], tl.float32)
         n_h = tl.zeros([BLOCK_M], tl.int32)
@@ -282,16 +283,16 @@ def _fwd_kernel(A, C, RA, RC, POS, SELF, EPS, RMIN, RDEN, GA, GC, TV, BUF, RS, L
             slot = n_buf[:, None] + tl.cumsum(band.to(tl.int32), axis=1) - 1
             tl.store(BUF + rows[:, None] * cap + slot, s, mask=band & (slot < cap))
             n_buf += tl.sum(band.to(tl.int32), axis=1)
-        out = RS + rows * 9
-        tl.store(out + 0, s_a, mask=row_ok)
-        tl.store(out + 1, m_a, mask=row_ok)
-        tl.store(out + 2, s_b, mask=row_ok)
-        tl.store(out + 3, m_b, mask=row_ok)
-        tl.store(out + 4, n_h.to(tl.float32), mask=row_ok)
-        tl.store(out + 5, s_pos, mask=row_ok)
-        tl.store(out + 6, s_self, mask=row_ok)
-        tl.store(out + 7, c_hi.to(tl.float32), mask=row_ok)
-        tl.store(out + 8, n_buf.to(tl.float32), mask=row_ok)
+        out = RS + rows * RS_FIELDS
+        tl.store(out + RS_SA, s_a, mask=row_ok)
+        tl.store(out + RS_MA, m_a, mask=row_ok)
+        tl.store(out + RS_SB, s_b, mask=row_ok)
+        tl.store(out + RS_MB, m_b, mask=row_ok)
+        tl.store(out + RS_NH, n_h.to(tl.float32), mask=row_ok)
+        tl.store(out + RS_POS, s_pos, mask=row_ok)
+        tl.store(out + RS_SELF, s_self, mask=row_ok)
+        tl.store(out + RS_CHI, c_hi.to(tl.float32), mask=row_ok)
+        tl.store(out + RS_NBUF, n_buf.to(tl.float32), mask=row_ok)
 
 
 @triton.jit
@@ -348,11 +349,11 @@ def _select_kernel(A, C, RA, RC, POS, SELF, TV, BUF, RS, THR, KTH, STATUS,
         rows = (base + r0 + tl.arange(0, SUB)).to(tl.int64)
         row_ok = rows < M
         lo, hi = _bracket(TV, rows, row_ok, J, j_lo, j_hi)
-        c_hi = tl.load(RS + rows * 9 + 7, mask=row_ok, other=0.0).to(tl.int32)
-        n_buf = tl.load(RS + rows * 9 + 8, mask=row_ok, other=0.0).to(tl.int32)
+        c_hi = tl.load(RS + rows * RS_FIELDS + RS_CHI, mask=row_ok, other=0.0).to(tl.int32)
+        n_buf = tl.load(RS + rows * RS_FIELDS + RS_NBUF, mask=row_ok, other=0.0).to(tl.int32)
         pos, slf = _row_index(POS, SELF, rows, row_ok, half, SQUARE)
-        s_pos = tl.where(pos >= 0, tl.load(RS + rows * 9 + 5, mask=row_ok, other=0.0), float("-inf"))
-        s_self = tl.where(slf >= 0, tl.load(RS + rows * 9 + 6, mask=row_ok, other=0.0), float("-inf"))
+        s_pos = tl.where(pos >= 0, tl.load(RS + rows * RS_FIELDS + RS_POS, mask=row_ok, other=0.0), float("-inf"))
+        s_self = tl.where(slf >= 0, tl.load(RS + rows * RS_FIELDS + RS_SELF, mask=row_ok, other=0.0), float("-inf"))
         v = _load_buffer(BUF, rows, row_ok, cap, n_buf, CAP)
         val, n_in = _bisect(v, lo, hi, kth - c_hi, s_pos, s_self)
         ok = (c_hi < kth) & (kth <= c_hi + n_in) & (n_buf <= cap)
@@ -378,7 +379,7 @@ def _repair_rows(A, C, RA, RC, TV, BUF, RS, THR, KTH, STATUS, rows, row_ok, fail
     c_lo = #{s >= lo} >= kth > c_hi = #{s >= hi} until it holds <= cap values (or one fp32 value),
     then collect them and bisect. The start uses what the fused pass proved about the row."""
     lo0, hi0 = _bracket(TV, rows, row_ok, J, j_lo, j_hi)
-    c_hi0 = tl.load(RS + rows * 9 + 7, mask=row_ok, other=0.0).to(tl.int32)
+    c_hi0 = tl.load(RS + rows * RS_FIELDS + RS_CHI, mask=row_ok, other=0.0).to(tl.int32)
     above = c_hi0 >= kth  # the kth value is >= hi: search [hi, BIG)
     lo = tl.where(above, hi0, -_BIG)
     hi = tl.where(above, _BIG, hi0)
@@ -465,7 +466,7 @@ def _repair_rows(A, C, RA, RC, TV, BUF, RS, THR, KTH, STATUS, rows, row_ok, fail
         tl.store(KTH + sr, tl.where(single, s_lo, val), mask=s_fail)
         tl.store(STATUS + sr, tl.full([SUB], 2, tl.int8), mask=s_fail)
     # the row's buffer now holds selection values only: the settling must recompute its sums
-    tl.store(RS + rows * 9 + 8, tl.full([BLOCK_M], 2147483647.0, tl.float32), mask=failed)
+    tl.store(RS + rows * RS_FIELDS + RS_NBUF, tl.full([BLOCK_M], 2147483647.0, tl.float32), mask=failed)
 
 
 @triton.jit
@@ -486,14 +487,14 @@ def _settle_kernel(A, C, RA, RC, POS, SELF, EPS, BAND, GC, BUF, RS, LSE2, GMUL, 
     eps = tl.load(EPS)
     e_lo = tl.load(BAND + e_lo_at)
     e_hi = tl.load(BAND + e_hi_at)
-    out = RS + rows * 9
-    s_a = tl.load(out + 0, mask=row_ok, other=0.0)
-    m_a = tl.load(out + 1, mask=row_ok, other=0.0)
-    s_b = tl.load(out + 2, mask=row_ok, other=0.0)
-    m_b = tl.load(out + 3, mask=row_ok, other=0.0)
-    n_h = tl.load(out + 4, mask=row_ok, other=0.0).to(tl.int32)
-    s_pos = tl.load(out + 5, mask=row_ok, other=0.0)
-    n_buf = tl.load(out + 8, mask=row_ok, other=0.0)
+    out = RS + rows * RS_FIELDS
+    s_a = tl.load(out + RS_SA, mask=row_ok, other=0.0)
+    m_a = tl.load(out + RS_MA, mask=row_ok, other=0.0)
+    s_b = tl.load(out + RS_SB, mask=row_ok, other=0.0)
+    m_b = tl.load(out + RS_MB, mask=row_ok, other=0.0)
+    n_h = tl.load(out + RS_NH, mask=row_ok, other=0.0).to(tl.int32)
+    s_pos = tl.load(out + RS_POS, mask=row_ok, other=0.0)
+    n_buf = tl.load(out + RS_NBUF, mask=row_ok, other=0.0)
     pos, slf = _row_index(POS, SELF, rows, row_ok, half, SQUARE)
     in_band = tl.zeros([BLOCK_M], tl.float32) + tl.where((e_lo <= eps) & (eps <= e_hi), 1.0, 0.0)
     good = row_ok & (n_buf <= cap) & (in_band > 0.0)

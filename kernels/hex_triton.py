@@ -106,11 +106,11 @@ def _nearest_rank_kth(n: int, q: float) -> int:
     return n - int(round(float(np.float32(q)) * (n - 1)))
 
 
-def _select(op: _Operands, pos, slf, half: int, kth: int, lse: dict | None):
+def _select(op: _Operands, pos, slf, half: int, kth: int, temperature: float | None):
     """The sketch, the fused pass and the finisher. Returns (kth values [M], status [M], state).
 
-    With `lse` (the loss settings) the fused pass also accumulates the split sums; `state` then
-    holds what the settling needs (row stats, buffer, band)."""
+    With a `temperature` the fused pass also accumulates the split sums; `state` then holds what the
+    settling needs (row stats, buffer, band)."""
     m, n, dev = op.m, op.n, op.a.device
     plan = select_plan(n, kth)
     s = plan.samples
@@ -125,15 +125,15 @@ def _select(op: _Operands, pos, slf, half: int, kth: int, lse: dict | None):
     tv = parts[0] if len(parts) == 1 else torch.cat(parts)
     band = tv.mean(dim=0)  # eps band ends: band[e_lo_at], band[e_hi_at]
     buf = torch.empty((m, plan.cap), device=dev, dtype=torch.float32)
-    rs = torch.empty((m, K.RS_FIELDS), device=dev, dtype=torch.float32)
+    rs = torch.empty((m, K.RS_FIELDS.value), device=dev, dtype=torch.float32)
     dummy = _dummy(dev)
-    settings = lse or {}
-    scale2 = _LOG2E / settings.get("temperature", 1.0)
-    fixed_max = settings.get("temperature", 1.0) >= FIXED_MAX_MIN_TAU
+    lse = temperature is not None
+    scale2 = _LOG2E / temperature if lse else 0.0
+    fixed_max = lse and temperature >= FIXED_MAX_MIN_TAU
     K._fwd_kernel[op.grid(m)](*op.sim(), pos, slf, band, dummy, dummy, dummy, dummy, tv, buf, rs, dummy,
                               dummy, dummy, m, n, op.d, op.a.stride(0), op.c.stride(0), half, plan.top,
                               plan.j_lo, plan.j_hi, plan.e_lo_at, plan.e_hi_at, plan.cap, scale2, 0.0, 0.0,
-                              0.0, RULE=1, SQUARE=half > 0, SELECT=True, LSE=lse is not None, HAS_HI=plan.j_hi >= 0,
+                              0.0, RULE=1, SQUARE=half > 0, SELECT=True, LSE=lse, HAS_HI=plan.j_hi >= 0,
                               FIXED_MAX=fixed_max, HAS_W=False, POS_IN_DEN=False, **op.meta())
     kth_v = torch.empty(m, device=dev, dtype=torch.float32)
     status = torch.empty(m, device=dev, dtype=torch.int8)
@@ -144,7 +144,7 @@ def _select(op: _Operands, pos, slf, half: int, kth: int, lse: dict | None):
                                  op.a.stride(0), op.c.stride(0), half, plan.top, plan.j_lo, plan.j_hi,
                                  plan.cap, kth, SQUARE=half > 0, CAP=plan.cap, NT=SELECT_THRESHOLDS, SUB=sub,
                                  MAX_PASSES=MAX_REPAIR_PASSES, **op.meta())
-    return kth_v, status, dict(plan=plan, band=band, buf=buf, rs=rs, fixed_max=fixed_max)
+    return kth_v, status, dict(plan=plan, band=band, buf=buf, rs=rs)
 
 
 # ---------------------------------------------------------------------------------------- forward
@@ -156,15 +156,14 @@ def _forward(op: _Operands, pos, slf, half: int, rule: int, eps_in, ga, gc, quan
     dummy = _dummy(dev)
     lse2 = torch.empty(m, device=dev, dtype=torch.float32)
     gmul = torch.empty(m, device=dev, dtype=torch.float32)
-    rout = torch.empty((m, K.ROUT_FIELDS), device=dev, dtype=torch.float64)
+    rout = torch.empty((m, K.ROUT_FIELDS.value), device=dev, dtype=torch.float64)
     rmin, rden = _dummy(dev), _dummy(dev)
     scale2 = _LOG2E / temperature
     fixed_max = temperature >= FIXED_MAX_MIN_TAU
     common = dict(HAS_W=weight > 0, POS_IN_DEN=pos_in_den, FIXED_MAX=fixed_max, SQUARE=half > 0)
     log2w = math.log2(weight) if weight > 0 else 0.0
     if rule == RULE_IDS["adaptive"] and eps_in is None:
-        lse = dict(temperature=temperature)
-        kth_v, _, st = _select(op, pos, slf, half, _nearest_rank_kth(n, quantile), lse)
+        kth_v, _, st = _select(op, pos, slf, half, _nearest_rank_kth(n, quantile), temperature)
         eps = kth_v.mean().reshape(1)  # the reference's op over the same fp32 vector
         plan = st["plan"]
         K._settle_kernel[op.grid(m)](*op.sim(), pos, slf, eps, st["band"], gc, st["buf"], st["rs"], lse2, gmul,
@@ -239,7 +238,7 @@ def _square_fake(x, groups, eps_in, half, rule, quantile, temperature, weight, p
     n = x.shape[0]
     k = n if rule == RULE_IDS["fixed"] else 1
     f = dict(device=x.device, dtype=torch.float32)
-    return (x.new_empty(K.ROUT_FIELDS, dtype=torch.float64), x.new_empty(1, **f), x.new_empty(n, **f),
+    return (x.new_empty(K.ROUT_FIELDS.value, dtype=torch.float64), x.new_empty(1, **f), x.new_empty(n, **f),
             x.new_empty(n, **f), x.new_empty(k, **f), x.new_empty(k, **f))
 
 
@@ -298,7 +297,7 @@ def _rect_fake(a, c, pos, slf, ga, gc, eps_in, rule, temperature, weight, pos_in
     m = a.shape[0]
     f = dict(device=a.device, dtype=torch.float32)
     k = m if rule == RULE_IDS["fixed"] else 1
-    return (a.new_empty(K.ROUT_FIELDS, dtype=torch.float64), a.new_empty(1, **f), a.new_empty(m, **f),
+    return (a.new_empty(K.ROUT_FIELDS.value, dtype=torch.float64), a.new_empty(1, **f), a.new_empty(m, **f),
             a.new_empty(m, **f), a.new_empty(k, **f), a.new_empty(k, **f))
 
 
