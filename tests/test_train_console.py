@@ -210,7 +210,8 @@ def test_compare_baseline_runs_both_and_prints_them_side_by_side(tmp_path, capfd
     text = capfd.readouterr().out
     header = next(line for line in text.splitlines() if "hex adaptive" in line and "hex none" in line)
     assert "initial" in header
-    assert any(line.startswith("knn fine") for line in text.splitlines())
+    assert any(line.startswith("kNN fine") for line in text.splitlines())
+    assert any(line.startswith("linear probe coarse") for line in text.splitlines())
     result = strict_load((out / "comparison.json").read_text())
     a, b = result["runs"]["hex adaptive"], result["runs"]["hex none"]
     assert a["steps"] == b["steps"] == 2

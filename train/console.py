@@ -40,6 +40,9 @@ NOISE_WARNINGS = (
 # the accuracies the console reports, in the order it prints them
 ACCURACY_KEYS = ("knn_fine", "knn_coarse", "linear_fine", "linear_coarse", "probe_fine", "probe_coarse")
 GAIN_KEYS = ("knn_fine", "knn_coarse", "linear_fine", "linear_coarse")
+METRIC_NAMES = {"knn_fine": "kNN fine", "knn_coarse": "kNN coarse", "linear_fine": "linear probe fine",
+                "linear_coarse": "linear probe coarse", "probe_fine": "online probe fine",
+                "probe_coarse": "online probe coarse"}
 
 
 class _DropNoise(logging.Filter):
@@ -187,9 +190,7 @@ def end_line(summary: dict) -> str:
     final, initial = summary.get("final") or {}, summary.get("initial")
     where = f"end (epoch {final.get('epoch', '?')}, step {summary.get('steps', '?')})"
     gain = gains(initial, final)
-    names = {"knn_fine": "kNN fine", "knn_coarse": "kNN coarse", "linear_fine": "linear probe fine",
-             "linear_coarse": "linear probe coarse", "probe_fine": "online probe fine",
-             "probe_coarse": "online probe coarse"}
+    names = METRIC_NAMES
     parts = []
     for k in ACCURACY_KEYS:
         if k not in final:
@@ -219,7 +220,7 @@ def comparison_table(runs: dict[str, dict]) -> str:
         if len(labels) == 2:
             a, b = finals
             cells.append(f"{100 * (a - b):+.1f}" if _finite(a) and _finite(b) else "-")
-        rows.append((k.replace("_", " "), cells))
+        rows.append((METRIC_NAMES[k], cells))
     pad = [""] if len(labels) == 2 else []
     rows.append(("steps", [""] + [str(runs[label].get("steps", "-")) for label in labels] + pad))
     rows.append(("training s", [""] + [f"{runs[label]['wall_s']:.0f}" if _finite(runs[label].get("wall_s")) else "-"
