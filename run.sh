@@ -24,10 +24,11 @@ else
   py=.venv/bin/python
 fi
 
-# Extras: the tests and benchmarks exercise everything (DALI's CPU operators included).
+# Extras: the tests and benchmarks exercise everything (DALI's CPU operators included; lightly, the
+# benchmarks' CPU baseline, so that the tests checking that baseline run in CI too).
 if [ "$cmd" = pretrain ]; then extras="train,triton"; probe="torch, lightning, torchvision"
 elif [ "$cmd" = bench ]; then extras="dev,dali,bench"; probe="torch, lightning, torchvision, pytest, pytest_benchmark, lightly"
-else extras="dev,dali"; probe="torch, lightning, torchvision, pytest, pytest_benchmark"; fi
+else extras="dev,dali,bench"; probe="torch, lightning, torchvision, pytest, pytest_benchmark, lightly"; fi
 [ "$cmd" = lint ] && probe="ruff"
 need_install=0
 if [ -n "${VIRTUAL_ENV:-}" ]; then
