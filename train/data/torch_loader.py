@@ -16,7 +16,7 @@ import torch
 from .augment import AugmentConfig
 from .dataset import DataError, ImageDataset
 from .loader_base import PretrainLoader, batch_labels, draw_params
-from .torch_aug import crop_resize_flip, photometric, to_float_rgb
+from .torch_aug import crop_images, crop_resize_flip, photometric, to_float_rgb
 
 
 def decode_file(path: str) -> torch.Tensor:
@@ -59,14 +59,11 @@ class _BatchMaker(torch.utils.data.Dataset):
             imgs = [decode_file(self.ds.files[i]) for i in idx]
             params = draw_params(self.aug, [im.shape[0] for im in imgs], [im.shape[1] for im in imgs],
                                  self.seed, self.rank, epoch, step)
-            geo = []
-            for p, r in zip(params, self.aug.views):  # sizes differ: crop one by one
-                one = [crop_resize_flip(to_float_rgb(im[None]), _row(p, k), r.size)
-                       for k, im in enumerate(imgs)]
-                geo.append(torch.cat(one))
+            # sizes differ: each crop is cut and resized on its own uint8 pixels
+            crops = [crop_images(imgs, p, r.size) for p, r in zip(params, self.aug.views)]
             if not self.finish_here:  # ship uint8 crops, colour on the GPU
-                geo = [(g * 255).round_().to(torch.uint8) for g in geo]
-                return {**out, "crops": geo, "params": params}
+                return {**out, "crops": crops, "params": params}
+            geo = [c.float().div_(255) for c in crops]
         out["views"] = [photometric(g, p, r, self.ds.mean, self.ds.std)
                         for g, p, r in zip(geo, params, self.aug.views)]
         return out
@@ -83,11 +80,6 @@ class _Positions:
 
     def __len__(self) -> int:
         return self.steps - self.start
-
-
-def _row(p, k: int):
-    """The parameters of sample k alone (a batch of one)."""
-    return type(p)(**{name: value[k:k + 1] for name, value in vars(p).items()})
 
 
 class TorchvisionLoader(PretrainLoader):
