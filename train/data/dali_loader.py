@@ -125,7 +125,7 @@ class DaliLoader(PretrainLoader):
             if got != (epoch, step):  # would mean a skipped or repeated batch: never silently
                 raise RuntimeError(f"DALI stream out of step: expected batch {(epoch, step)}, got {got}")
             self._next_pos = (epoch, step + 1) if step + 1 < len(self) else (epoch + 1, 0)
+            # on a GPU everything but the position already lives there (no copy, no sync)
             dev = self.device
-            yield {"views": [out[f"view{v}"].to(dev) for v in range(self.aug.num_views)],
-                   "fine": out["fine"].to(dev).long(), "coarse": out["coarse"].to(dev).long(),
-                   "index": out["index"].to(dev).long()}
+            yield {"views": [out[f"view{v}"].to(dev, non_blocking=True) for v in range(self.aug.num_views)],
+                   **{k: out[k].to(dev, non_blocking=True).long() for k in ("fine", "coarse", "index")}}

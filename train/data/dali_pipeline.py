@@ -8,6 +8,14 @@ inputs its operators read (view_fields): roi_start, roi_end (relative [y, x]; x 
 brightness, contrast, saturation
 (0 where grayscale), hue (degrees), blur sigma, solarisation threshold (127.5, or 256 = off).
 Per-view recipes select which operators are in the graph (no blur operator if blur_prob = 0, ...).
+
+With a device_id the graph runs on that GPU: encoded files are decoded by the "mixed" decoder (host
+parsing, GPU decoding), in-memory arrays leave the external source for the GPU at once, every image
+operator is a GPU operator, and the labels and indices are handed out on the GPU too, so a batch
+reaches the training step without a host-to-device copy; only the position (checked on the host)
+stays on the CPU. `prefetch` batches are prepared ahead (DALI's prefetch queue), so the GPU never
+waits for the next batch while the host keeps ahead. tests/test_data_dali_gpu.py builds this graph
+on a CPU-only machine (DALI defines it without CUDA) and checks where every operator runs.
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ def view_fields(recipe) -> tuple[str, ...]:
 
 
 def build_pipeline(source, aug: AugmentConfig, mean, std, *, encoded: bool, batch_size: int,
-                   num_threads: int, device_id: int | None, prefetch: int = 2):
+                   num_threads: int, device_id: int | None, prefetch: int = 3):
     """A DALI Pipeline yielding views..., fine, coarse, index, position; GPU operators if device_id."""
     from nvidia.dali import fn, pipeline_def, types
     from nvidia.dali import math as dmath
@@ -84,6 +92,8 @@ def build_pipeline(source, aug: AugmentConfig, mean, std, *, encoded: bool, batc
                                          mean=[255.0 * m for m in mean],
                                          std=[255.0 * s for s in std])
             results.append(x)
+        if gpu:
+            fine, coarse, index = fine.gpu(), coarse.gpu(), index.gpu()
         return (*results, fine, coarse, index, position)
 
     return views_pipeline()
