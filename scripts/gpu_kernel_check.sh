@@ -16,3 +16,9 @@ timeout ${BIG_TIMEOUT:-80} python -m bench._loss_big 262144 2>&1 | tee "$OUT/big
 timeout ${BENCH_TIMEOUT:-240} python -m pytest -q bench/test_loss_bench.py --benchmark-only \
     -p no:cacheprovider --benchmark-columns=median,rounds -s 2>&1 | tail -n 30 | tee "$OUT/bench.log"
 cp bench/results/loss_NVIDIA*.json "$OUT/" 2>/dev/null || true
+
+# ---- training step (issue 14; scripts/gpu_step_check.sh, separate from the kernel checks above) ----
+# The step/loader grid; bound by STEP_TIMEOUT (default 240 s). STEP_CHECK=0 leaves it out.
+if [ "${STEP_CHECK:-1}" = 1 ]; then
+  bash scripts/gpu_step_check.sh "$OUT"
+fi

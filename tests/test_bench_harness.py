@@ -159,3 +159,24 @@ def test_perf_table_rewrites_its_block(tmp_path, monkeypatch):
     assert perf_table.blocks(text)[0][1] == perf_table.table("r.json")
     Path("old.json").write_text(json.dumps({"machine": machine, "results": []}))
     assert perf_table.main(["old.json"]) == 2  # the first format has no ratios per case
+
+
+def test_step_grid_plan_puts_the_targets_first(monkeypatch):
+    """bench/test_step_bench.py on a GPU: a run cut short by STEP_TIMEOUT keeps the baseline, the
+    issue's target and the 32 px loaders of both backends, then batch 1024's two; every grid cell
+    is in the plan once."""
+    import bench.test_step_bench as S
+
+    monkeypatch.setattr(S, "ON_GPU", True)
+    monkeypatch.setattr(S, "BATCHES", [256, 1024])
+    plan = S.plan()
+    assert plan[:6] == [("step", 256, "torch", "torchvision", "off"), ("step", 256, "triton", "dali", S.COMPILED),
+                        ("loader", 32, "torchvision"), ("loader", 32, "dali"),
+                        ("step", 1024, "torch", "torchvision", "off"), ("step", 1024, "triton", "dali", S.COMPILED)]
+    steps = [c[1:] for c in plan if c[0] == "step"]
+    grid = {(b, k, lo, c) for b in (256, 1024) for k in ("torch", "triton") for lo in ("torchvision", "dali")
+            for c in ("off", S.COMPILED)}
+    assert len(steps) == len(grid) and set(steps) == grid
+    assert sorted(c[1:] for c in plan if c[0] == "loader") == [(32, "dali"), (32, "torchvision"),
+                                                               (224, "dali"), (224, "torchvision")]
+    assert all(c[-1] == S.COMPILED for c in plan[-6:])  # the slow compiles last
