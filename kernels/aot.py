@@ -77,7 +77,7 @@ def kernel_specs(dtype: str = "bfloat16", rules=(1,), d: int = 128, n: int = 819
     add("minmax", K._minmax_kernel)
     for rule in rules:
         add(f"lse.rule{rule}", K._fwd_kernel, RULE=rule, SELECT=False, LSE=True, HAS_HI=False, **loss)
-        bwd = dict(RULE=rule, POS_IN_DEN=False, SQUARE=True, FUSE_NORM=single_k, BLOCK_DOUT=block_dout)
+        bwd = dict(RULE=rule, POS_IN_DEN=False, SQUARE=True, ONE_EXP=True, FUSE_NORM=single_k, BLOCK_DOUT=block_dout)
         out = tdt if single_k else "fp32"
         add(f"bwd_square.rule{rule}", K._bwd_kernel, out, OWN_ANCHOR=True, OTHER_ANCHOR=True, **bwd)
         rect = dict(bwd, SQUARE=False)

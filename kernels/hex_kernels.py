@@ -52,7 +52,11 @@ c_ik = 1 (R), w (H), [1 if the positive is in the denominator] (k = p_i), 0 (sel
 Square case (candidates are the anchors): dL/dz = (G + G^T) z. `_bwd_kernel` with both terms owns
 a block of rows and streams all others: per tile one similarity dot, G_ik from row i's statistics
 and G_ki from row k's (the tile is symmetric, kernels/_tiles.py), and one dot (G + G^T)_IK Z_K:
-2 matmul-equivalents, no atomics, deterministic. Rectangular case: one launch per side (anchors
+2 matmul-equivalents, no atomics, deterministic. Exponentials: while 2c - min(0, log2 w) <= 126
+(`ONE_EXP`, which implies FIXED_MAX) every non-empty row has lse2_i >= -c + min(0, log2 w), so
+2^(c - lse2_i) <= 2^126 and 2^(l_ik - lse2_i) = 2^(l_ik - c) * 2^(c - lse2_i): one exp2 per tile
+entry (2^(l - c), shared by G_ik and G_ki) and one per row, not one per entry and term (empty rows
+store lse2 = 0, a finite factor times g = 0). Rectangular case: one launch per side (anchors
 own G_IK, candidates own G_KI^T). The normalisation's Jacobian dx = (dz - z (z.dz)) / max(|x|, 1e-12)
 is applied in the epilogue when the program holds whole rows (D <= BLOCK_D).
 """
@@ -549,9 +553,10 @@ def _minmax_kernel(A, C, RA, RC, OUT_MIN, OUT_DEN, M, N, D, stride_a, stride_c,
 
 
 @triton.jit
-def _g_term(s, l2, is_pos, is_self, valid, eps, rmin, rden, g_a, g_c, lse2, gsc, inv_tau, weight,
+def _g_term(s, e, is_pos, is_self, valid, eps, rmin, rden, g_a, g_c, gsc, inv_tau, weight,
             RULE: tl.constexpr, POS_IN_DEN: tl.constexpr):
-    """G for the entries of a tile seen from their anchor rows (all anchor-side inputs broadcast)."""
+    """G for the entries of a tile seen from their anchor rows (all anchor-side inputs broadcast);
+    e = 2^(l - lse2) of the entries from those rows."""
     neg = valid & ~is_pos & ~is_self
     if RULE == 1:
         h = s > eps
@@ -563,7 +568,6 @@ def _g_term(s, l2, is_pos, is_self, valid, eps, rmin, rden, g_a, g_c, lse2, gsc,
         h = g_a == g_c
     else:
         h = s != s  # all False (s is finite)
-    e = tl.exp2(l2 - lse2)
     val = tl.where(h & neg, weight * e, tl.where(neg, e, 0.0))
     pos_v = is_pos & valid
     if POS_IN_DEN:
@@ -577,6 +581,7 @@ def _g_term(s, l2, is_pos, is_self, valid, eps, rmin, rden, g_a, g_c, lse2, gsc,
 def _bwd_kernel(X, Y, RX, RY, INVX, POSA, SELFA, RMINA, RDENA, GA, GC, LSE2A, GMULA, GLOSS, EPS,
                 DX, M_own, N_other, D, stride_x, stride_y, stride_dx, half, scale2, inv_tau, weight, inv_m,
                 SQUARE: tl.constexpr, OWN_ANCHOR: tl.constexpr, OTHER_ANCHOR: tl.constexpr, RULE: tl.constexpr,
+                ONE_EXP: tl.constexpr,
                 POS_IN_DEN: tl.constexpr, FUSE_NORM: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DOUT: tl.constexpr,
                 SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
@@ -586,7 +591,9 @@ def _bwd_kernel(X, Y, RX, RY, INVX, POSA, SELFA, RMINA, RDENA, GA, GC, LSE2A, GM
     Tile T[p, q] = s(x_p, y_q). OWN_ANCHOR: p is an anchor, q its candidate: H += G_pq.
     OTHER_ANCHOR: q is an anchor, p its candidate: H += G_qp (read off T, which equals s_qp).
     Square case: x = y = the rows, both terms. Anchor statistics (POSA, ..., GMULA) are indexed by
-    anchor. FUSE_NORM (whole rows in the program): DX is the gradient w.r.t. the raw input,
+    anchor. ONE_EXP (the launcher's bound, kernels/hex_triton.py): 2^(l - lse2_i) =
+    2^(l - c) 2^(c - lse2_i), one exp2 per tile entry serving both terms and one per row, instead of
+    one per entry and term. FUSE_NORM (whole rows in the program): DX is the gradient w.r.t. the raw input,
     (dz - z (z.dz)) / max(|x|, 1e-12), in DX's dtype; else dz in fp32.
     """
     pid = tl.program_id(0)
@@ -600,6 +607,8 @@ def _bwd_kernel(X, Y, RX, RY, INVX, POSA, SELFA, RMINA, RDENA, GA, GC, LSE2A, GM
         pos_p, slf_p, rmin_p, rden_p, ga_p = _row_params(POSA, SELFA, RMINA, RDENA, GA, rows, row_ok, half,
                                                             RULE, SQUARE)
         lse_p = tl.load(LSE2A + rows, mask=row_ok, other=0.0)
+        if ONE_EXP:
+            f_p = tl.exp2(scale2 - lse_p)
         gsc_p = tl.load(GMULA + rows, mask=row_ok, other=0.0) * (g * inv_tau)
     gc_p = _col_groups(GC, rows, row_ok, RULE)
     dd = pid_d * BLOCK_DOUT + tl.arange(0, BLOCK_DOUT)
@@ -612,20 +621,30 @@ def _bwd_kernel(X, Y, RX, RY, INVX, POSA, SELFA, RMINA, RDENA, GA, GC, LSE2A, GM
                               BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_K, NORM_DIV, UPCAST, PRECISION)
         valid = row_ok[:, None] & col_ok[None, :]
         l2 = s * scale2
+        if ONE_EXP:
+            e_c = tl.exp2(l2 - scale2)  # 2^(l - c) <= 1: the one exp2 of the entry
         h = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
         if OWN_ANCHOR:
             gc_q = _col_groups(GC, cols, col_ok, RULE)
-            h += _g_term(s, l2, cols[None, :] == pos_p[:, None], cols[None, :] == slf_p[:, None], valid,
+            if ONE_EXP:
+                e_p = e_c * f_p[:, None]
+            else:
+                e_p = tl.exp2(l2 - lse_p[:, None])
+            h += _g_term(s, e_p, cols[None, :] == pos_p[:, None], cols[None, :] == slf_p[:, None], valid,
                          eps, rmin_p[:, None], rden_p[:, None], ga_p[:, None], gc_q[None, :],
-                         lse_p[:, None], gsc_p[:, None], inv_tau, weight, RULE, POS_IN_DEN)
+                         gsc_p[:, None], inv_tau, weight, RULE, POS_IN_DEN)
         if OTHER_ANCHOR:
             pos_q, slf_q, rmin_q, rden_q, ga_q = _row_params(POSA, SELFA, RMINA, RDENA, GA, cols, col_ok,
                                                             half, RULE, SQUARE)
             lse_q = tl.load(LSE2A + cols, mask=col_ok, other=0.0)
             gsc_q = tl.load(GMULA + cols, mask=col_ok, other=0.0) * (g * inv_tau)
-            h += _g_term(s, l2, rows[:, None] == pos_q[None, :], rows[:, None] == slf_q[None, :], valid,
+            if ONE_EXP:
+                e_q = e_c * tl.exp2(scale2 - lse_q)[None, :]
+            else:
+                e_q = tl.exp2(l2 - lse_q[None, :])
+            h += _g_term(s, e_q, rows[:, None] == pos_q[None, :], rows[:, None] == slf_q[None, :], valid,
                          eps, rmin_q[None, :], rden_q[None, :], ga_q[None, :], gc_p[:, None],
-                         lse_q[None, :], gsc_q[None, :], inv_tau, weight, RULE, POS_IN_DEN)
+                         gsc_q[None, :], inv_tau, weight, RULE, POS_IN_DEN)
         if not NORM_DIV:
             h = h * ry[None, :]
         if SINGLE_K:

@@ -188,12 +188,21 @@ def _forward(op: _Operands, pos, slf, half: int, rule: int, eps_in, ga, gc, quan
     return rout.sum(dim=0), eps, lse2, gmul, rmin, rden
 
 
+def _one_exp(temperature: float, weight: float) -> bool:
+    """Whether the backward may factor 2^(l - lse2) = 2^(l - c) 2^(c - lse2) (kernels/hex_kernels.py):
+    2^(c - lse2) stays finite when 2c - min(0, log2 w) <= 126 (w = 0: hierarchical terms add nothing)."""
+    c = _LOG2E / temperature
+    low_w = math.log2(weight) if 0.0 < weight < 1.0 else 0.0
+    return temperature >= FIXED_MAX_MIN_TAU and 2 * c - low_w <= 126
+
+
 def _backward(op: _Operands, g_totals, pos, slf, half: int, rule: int, eps, ga, gc, lse2, gmul, rmin, rden,
               temperature: float, weight: float, pos_in_den: bool, need_a: bool, need_c: bool, square: bool):
     m, n = op.m, op.n
     ra, rc = op.scales()
     scal = (half, _LOG2E / temperature, 1.0 / temperature, float(weight), 1.0 / m)
     meta = dict(SQUARE=half > 0, RULE=rule, POS_IN_DEN=pos_in_den, FUSE_NORM=op.single_k,
+                ONE_EXP=_one_exp(temperature, weight),
                 BLOCK_DOUT=op.block_dout, **op.meta())
     d_chunks = triton.cdiv(op.d, op.block_dout)
     stats = (pos, slf, rmin, rden, ga, gc, lse2, gmul, g_totals, eps)

@@ -149,6 +149,21 @@ def test_all_hierarchical_rows_are_empty_and_contribute_zero():
     assert stats["empty_rows"].item() == 0 and abs(loss.item()) < 1e-5
 
 
+@pytest.mark.parametrize("tau,w,one_exp", [(0.01, 0.5, False), (0.03, 0.5, True), (0.1, 1e-25, True),
+                                          (0.1, 1e-30, False)])
+def test_backward_exponentials_across_temperature_and_weight(tau, w, one_exp):
+    # The backward factors 2^(l - lse2) = 2^(l - c) 2^(c - lse2) only while 2c - log2 w <= 126: at
+    # tau = 0.01 and at w = 1e-30 it keeps one exponential per entry and direction. One group makes
+    # every negative hierarchical, so a tiny w puts lse2 near its lower bound, the factor 2^(c - lse2)
+    # near its largest (w = 1e-25: about 2^112).
+    from kernels.hex_triton import _one_exp
+
+    assert _one_exp(tau, w) == one_exp
+    z1, z2, up = _inputs(37, 16, seed=5)
+    for groups in (None, torch.zeros(37, dtype=torch.long, device=DEV)):
+        _check_square(z1, z2, up, _kw("adaptive", w, False, temperature=tau), groups=groups)
+
+
 def test_empty_hierarchy_equals_the_none_rule():
     z1, z2, up = _inputs(11, 6)
     groups = torch.arange(11, device=DEV)  # every sample its own group: H empty
