@@ -65,6 +65,35 @@ def own_rows(A, RA, rows, row_ok, D, stride_a, BLOCK_D: tl.constexpr, SINGLE_K: 
 
 
 @triton.jit
+def tf32_round(x):
+    """fp32 -> the nearest tf32 value (10 explicit mantissa bits), ties away from zero, as PTX's
+    cvt.rna.tf32.f32 rounds (finite x; the low 13 bits become zero)."""
+    b = x.to(tl.int32, bitcast=True)
+    return ((b + 0x1000) & -8192).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def dot_f32acc(a, b, acc, PRECISION: tl.constexpr):
+    """acc + a @ b with fp32 accumulation. PRECISION "tf32x3": the 3xTF32 split written out,
+    a = a_hi + a_lo with a_hi, a_lo tf32 (b alike), a @ b ~ a_hi b_hi + (a_lo b_hi + a_hi b_lo) on the
+    tensor cores (a_lo b_lo, below 2^-22 |a||b| per product, is dropped). The two cross products start
+    from zero and are added to each other before a_hi b_hi accumulates onto them: swapping the operands
+    swaps the two cross terms, and fp32 addition commutes, so s_ik and s_ki stay bit-identical (Triton's
+    own "tf32x3" chains one cross product onto the other, which would break that). Other values go to
+    tl.dot as they are ("ieee": the FMA units; half inputs: the tensor cores)."""
+    if PRECISION == "tf32x3":
+        a_hi = tf32_round(a)
+        a_lo = tf32_round(a - a_hi)
+        b_hi = tf32_round(b)
+        b_lo = tf32_round(b - b_hi)
+        cross = tl.dot(a_lo, b_hi, input_precision="tf32") + tl.dot(a_hi, b_lo, input_precision="tf32")
+        acc = tl.dot(a_hi, b_hi, acc + cross, input_precision="tf32")
+    else:
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def sim_cols(a_own, A, ra, rows, row_ok, C, RC, cols, col_ok, D, stride_a, stride_c,
              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
              SINGLE_K: tl.constexpr, NORM_DIV: tl.constexpr, UPCAST: tl.constexpr,
@@ -79,7 +108,7 @@ def sim_cols(a_own, A, ra, rows, row_ok, C, RC, cols, col_ok, D, stride_a, strid
     dk = tl.arange(0, BLOCK_D)
     if SINGLE_K:
         c_t = load_rows(C, cols, col_ok, dk, dk < D, stride_c, rc, NORM_DIV, UPCAST)
-        acc = tl.dot(a_own, tl.trans(c_t), input_precision=PRECISION)
+        acc = dot_f32acc(a_own, tl.trans(c_t), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), PRECISION)
     else:
         c_t = tl.zeros([1, BLOCK_D], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -88,7 +117,7 @@ def sim_cols(a_own, A, ra, rows, row_ok, C, RC, cols, col_ok, D, stride_a, strid
             d_ok = dd < D
             a = load_rows(A, rows, row_ok, dd, d_ok, stride_a, ra, NORM_DIV, UPCAST)
             c = load_rows(C, cols, col_ok, dd, d_ok, stride_c, rc, NORM_DIV, UPCAST)
-            acc = tl.dot(a, tl.trans(c), acc, input_precision=PRECISION)
+            acc = dot_f32acc(a, tl.trans(c), acc, PRECISION)
     if not NORM_DIV:
         acc = acc * (ra[:, None] * rc[None, :])
     return acc, rc, c_t

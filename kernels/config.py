@@ -42,14 +42,44 @@ INTERPRETER_CONFIG = TileConfig(block_m=128, block_n=128, block_d=64, block_dout
                                 num_stages=1, single_k_max=256)
 
 
-def feature_blocks(cfg: TileConfig, d: int, half: bool) -> tuple[bool, int, int]:
-    """(single_k, BLOCK_D, BLOCK_DOUT) for feature dimension d (tl.dot needs K >= 16).
+# fp32 inputs: every similarity and backward dot as three tf32 tensor-core dots (the 3xTF32 split,
+# kernels/_tiles.py: dot_f32acc), as accurate as the full-fp32 dot: tests/test_kernel_fp32_dot.py
+# emulates the candidates and checks the chosen one's error against an fp64 matmul stays within a
+# small factor of fp32's ("tf32" alone is ~300x worse, "bf16x3" ~10x). "ieee" is the FMA-unit dot.
+FP32_DOT = "tf32x3"
+FP32_DOTS = ("ieee", "tf32x3")
 
-    Only half-precision inputs take the single-K path on the GPU: the fp32 "ieee" dot runs on FMA
-    units, and a whole [64, 128] fp32 K step per tile spills thousands of bytes (ptxas), while
-    the K loop of 64 does not.
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """The PRECISION constexpr of the tiles for inputs of `dtype`.
+
+    Half inputs: "tf32" (unused: their dots are bf16/fp16 on the tensor cores). fp32: FP32_DOT on
+    the GPU. Under the interpreter "ieee": it ignores input_precision and does one numpy fp32 matmul
+    per tl.dot, so the CPU tests' numbers do not change with FP32_DOT. HEXFAST_FP32_DOT overrides
+    both (the tests run the tf32x3 split's three dots through the interpreter; a GPU can time "ieee").
     """
-    if d <= cfg.single_k_max and (half or interpreting()):
+    if dtype != torch.float32:
+        return "tf32"
+    override = os.environ.get("HEXFAST_FP32_DOT")
+    if override:
+        if override not in FP32_DOTS:
+            raise ValueError(f"HEXFAST_FP32_DOT must be one of {', '.join(FP32_DOTS)}, got {override!r}")
+        return override
+    return "ieee" if interpreting() else FP32_DOT
+
+
+def feature_blocks(cfg: TileConfig, d: int, precision: str, arch: int | None = None) -> tuple[bool, int, int]:
+    """(single_k, BLOCK_D, BLOCK_DOUT) for feature dimension d (tl.dot needs K >= 16) with the dot
+    `precision` (`dot_precision`) on a GPU of compute capability `arch` (90 for sm_90; None: newest).
+
+    ptxas on the shipped tiles (bench/results/kernel_resources.json) decides. Half inputs: single K.
+    fp32 "ieee" (FMA units): the K loop of 64 everywhere; a whole [64, 128] fp32 K step per tile spills
+    thousands of bytes. fp32 "tf32x3": single K from sm_90 on (every forward pass but the finisher
+    compiles without spills, the K loop spills in most), the K loop below (on sm_80 the single K step
+    spills 2-18 KB per kernel, the K loop 1-1.6 KB). The interpreter: single K (few, large programs).
+    """
+    single = precision == "tf32" or (precision == "tf32x3" and (arch is None or arch >= 90))
+    if d <= cfg.single_k_max and (single or interpreting()):
         width = max(16, 1 << (d - 1).bit_length())
         return True, width, width
     return False, cfg.block_d, cfg.block_dout

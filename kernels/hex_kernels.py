@@ -63,7 +63,7 @@ is applied in the epilogue when the program holds whole rows (D <= BLOCK_D).
 import triton
 import triton.language as tl
 
-from kernels._tiles import fkey, funkey, hier_mask, own_rows, sim_cols
+from kernels._tiles import dot_f32acc, fkey, funkey, hier_mask, own_rows, sim_cols
 
 # Per-row fields of the fused pass (`RS`, fp32; counts are exact integers below 2^24).
 # (constexprs: the kernels index RS with them; RS_FIELDS is the row stride)
@@ -656,7 +656,7 @@ def _bwd_kernel(X, Y, RX, RY, INVX, POSA, SELFA, RMINA, RDENA, GA, GC, LSE2A, GM
                 yv = yv.to(tl.float32)
             if NORM_DIV:
                 yv = tl.div_rn(yv, ry[:, None])
-        acc = tl.dot(h.to(yv.dtype), yv, acc, input_precision=PRECISION)
+        acc = dot_f32acc(h.to(yv.dtype), yv, acc, PRECISION)
     if FUSE_NORM:
         inv = tl.load(INVX + rows, mask=row_ok, other=1.0)
         if NORM_DIV:

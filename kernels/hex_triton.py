@@ -28,7 +28,7 @@ import triton
 from kernels import hex_kernels as K
 from kernels._tiles import RULE_IDS
 from kernels.config import (MAX_REPAIR_PASSES, SELECT_THRESHOLDS, SKETCH_CHUNK_ELEMENTS, check_inputs,
-                            feature_blocks, interpreting, select_plan, tile_config)
+                            dot_precision, feature_blocks, interpreting, select_plan, tile_config)
 
 _LOG2E = 1.4426950408889634
 # While 2 log2(e)/tau <= 126 no exponent leaves fp32's normal range with the fixed maximum 1/tau.
@@ -46,11 +46,15 @@ class _Operands:
         self.na, self.inv_a = _norms(a, self.cfg)
         self.nc, self.inv_c = (self.na, self.inv_a) if c is None else _norms(self.c, self.cfg)
         self.norm_div = a.dtype == torch.float32
-        # fp32 inputs: "ieee" keeps the similarities (and so the masks near the threshold) at fp32
-        # accuracy; tf32 would move s by ~1e-3 and flip many decisions against the reference.
-        self.precision = "ieee" if self.norm_div else "tf32"
-        self.single_k, self.block_d, self.block_dout = feature_blocks(self.cfg, a.shape[1],
-                                                                      half=not self.norm_div)
+        # fp32 inputs: "tf32x3" on the GPU keeps the similarities (and so the masks near the threshold)
+        # at fp32 accuracy on the tensor cores (plain tf32 would move s by ~1e-4 and flip decisions
+        # against the reference); the interpreter takes "ieee" unless told (kernels/config.py)
+        self.precision = dot_precision(a.dtype)
+        arch = None
+        if a.is_cuda and not interpreting():
+            major, minor = torch.cuda.get_device_capability(a.device)
+            arch = 10 * major + minor
+        self.single_k, self.block_d, self.block_dout = feature_blocks(self.cfg, a.shape[1], self.precision, arch)
 
     @property
     def m(self) -> int:
