@@ -84,3 +84,81 @@ def test_file_crops_are_torchvision_resized_crop_on_uint8():
         if p.flip[k]:
             want = TF.horizontal_flip(want)
         assert torch.equal(out[k], want), k
+
+
+def test_blur_kernels_hold_no_denormals():
+    """Gaussian tails under 1e-30 are zeroed: float32 denormals (sigma 0.3 has exp(-89) at 4 px)
+    made a whole blur about 4x slower on x86; the kernels still sum to 1 and match exp()."""
+    sigma = torch.linspace(0.1, 2.0, 400)
+    k = TA.blur_kernels(sigma, 23)
+    tiny = torch.finfo(torch.float32).tiny
+    assert not ((k > 0) & (k < tiny)).any()
+    assert ((k == 0) | (k >= 1e-30)).all()
+    torch.testing.assert_close(k.sum(1), torch.ones(400), rtol=0, atol=1e-6)
+    d = torch.arange(-11, 12, dtype=torch.float64)
+    exact = torch.exp(-0.5 * (d[None] / sigma.double()[:, None]) ** 2)
+    exact = exact / exact.sum(1, keepdim=True)
+    torch.testing.assert_close(k.double(), exact, rtol=1e-5, atol=1e-28)
+    assert (TA.blur_kernels(torch.zeros(1), 5) == torch.tensor([[0.0, 0, 1, 0, 0]])).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_chunks_equal_the_whole_batch(dtype):
+    """photometric_chunks (the CPU workers' path): a few samples at a time, same views."""
+    recipe = RECIPES["half"]
+    _, p = _batch(recipe, n=10)
+    u8 = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (10, 3, 64, 64), dtype=np.uint8))
+    x = u8 if dtype == torch.uint8 else u8.float().div_(255)
+    whole = TA.photometric(u8.float().div_(255), p, recipe, MEAN, STD)
+    for chunk in (1, 3, None):
+        torch.testing.assert_close(TA.photometric_chunks(x, p, recipe, MEAN, STD, chunk=chunk), whole,
+                                   rtol=0, atol=2e-6)
+
+
+def test_cpu_workers_colour_a_few_samples_at_a_time(monkeypatch, tmp_path):
+    """At 224 px a worker's photometric() sees 2 samples at a time (in L2), not the whole batch."""
+    from PIL import Image
+
+    from train.data import load_dataset, make_pretrain_loader
+    from train.data.torch_loader import _BatchMaker
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "c").mkdir()
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 256, (240, 250, 3), dtype=np.uint8)).save(tmp_path / "c" / f"{k}.jpg")
+    ds = load_dataset("imagefolder", tmp_path, image_size=224, verify="none")
+    loader = make_pretrain_loader(ds, augment_preset("asymmetric", 224), batch_size=6, loader="torchvision",
+                                  device="cpu", num_workers=0)
+    sizes = []
+    original = TA.photometric
+    monkeypatch.setattr(TA, "photometric", lambda x, *a, **k: sizes.append(x.shape[0]) or original(x, *a, **k))
+    views = _BatchMaker(loader)[(0, 0)]["views"]
+    assert [v.shape for v in views] == [(6, 3, 224, 224)] * 2
+    assert sizes == [2] * 6
+
+
+def test_jpeg_files_decode_without_pil_to_pil_pixels(monkeypatch, tmp_path):
+    """RGB and grey JPEGs go through libjpeg-turbo straight into a tensor (PIL is not asked), with
+    PIL's pixels; other files (PNG, CMYK JPEG) still go through PIL."""
+    from PIL import Image
+
+    from train.data import torch_loader
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    files = {"rgb.jpg": Image.fromarray(rgb), "grey.jpg": Image.fromarray(rgb[..., 0]),
+             "cmyk.jpg": Image.fromarray(np.concatenate([rgb, rgb[..., :1]], -1), mode="CMYK"),
+             "rgb.png": Image.fromarray(rgb)}
+    want = {}
+    for name, im in files.items():
+        im.save(tmp_path / name, quality=90)
+        with Image.open(tmp_path / name) as f:
+            want[name] = torch.from_numpy(np.asarray(f.convert("RGB")).copy())
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k))
+    for name in files:
+        opened.clear()
+        got = torch_loader.decode_file(str(tmp_path / name))
+        assert got.dtype == torch.uint8 and got.is_contiguous() and torch.equal(got, want[name]), name
+        assert bool(opened) == (name in ("cmyk.jpg", "rgb.png")), name

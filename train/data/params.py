@@ -32,6 +32,10 @@ class ViewParams:
     sigma: np.ndarray       # float32 blur sigma in output pixels (0 = no blur)
     solarize: np.ndarray    # bool
 
+    def rows(self, sl: slice) -> "ViewParams":
+        """The parameters of the samples ``sl`` of the batch."""
+        return ViewParams(**{name: value[sl] for name, value in vars(self).items()})
+
 
 def batch_rng(seed: int, rank: int, epoch: int, step: int) -> np.random.Generator:
     """The generator of one batch: independent of worker count, resumable from the position alone."""

@@ -175,14 +175,23 @@ def grey(x: torch.Tensor) -> torch.Tensor:
     return g.expand_as(x)
 
 
+def blur_kernels(sigma: torch.Tensor, window: int) -> torch.Tensor:
+    """[B, window] normalised 1-D Gaussian kernels; sigma 0 gives the identity kernel."""
+    r = window // 2
+    d = torch.arange(-r, r + 1, device=sigma.device, dtype=torch.float32)
+    k = torch.exp(-0.5 * (d[None] / sigma.clamp_min(1e-6)[:, None]) ** 2)
+    k = k / k.sum(1, keepdim=True)
+    # Tails under 1e-30 are float32 denormals (sigma 0.3: exp(-89) at 4 px) or make denormal
+    # products, which x86 CPUs compute several times slower (a whole blur: 4x); zeroed, they
+    # change no output by more than 1e-28.
+    return k.masked_fill_(k < 1e-30, 0.0)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, window: int) -> torch.Tensor:
     """Separable per-sample Gaussian blur, reflect padding; sigma 0 leaves a sample unchanged."""
     b, c, h, w = x.shape
     r = window // 2
-    d = torch.arange(-r, r + 1, device=x.device, dtype=torch.float32)
-    s = sigma.clamp_min(1e-6)[:, None]
-    k = torch.exp(-0.5 * (d[None] / s) ** 2)
-    k = k / k.sum(1, keepdim=True)                                  # [B, window]
+    k = blur_kernels(sigma, window)                                 # [B, window]
     k = k.repeat_interleave(c, 0, output_size=b * c)                # one kernel per (sample, channel)
     y = F.pad(x.reshape(1, b * c, h, w), (r, r, r, r), mode="reflect")
     y = F.conv2d(y, k[:, None, None, :], groups=b * c)
@@ -190,11 +199,13 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, window: int) -> torch.Te
     return y.reshape(b, c, h, w)
 
 
-def photometric(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe, mean, std, select: bool = True) -> torch.Tensor:
+def photometric(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe, mean, std, select: bool = True,
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """Colour jitter, grayscale, blur, solarisation and normalisation of float [B, 3, S, S] in [0, 1].
 
     select=False runs every operator on every sample (the draws that turn an operator off make it
-    an identity), the reference the per-sample selection is tested against.
+    an identity), the reference the per-sample selection is tested against. out: where the
+    normalised views are written (else a new tensor).
     """
     pick = _select if select else (lambda mask: None)
     if recipe.jitter_prob > 0:
@@ -217,4 +228,29 @@ def photometric(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe, mean, std, s
             flag = upload(p.solarize, x.device)[:, None, None, None]
             x = torch.where(flag & (x >= 0.5), 1 - x, x)
     dev = str(x.device)
-    return (x - _constant(tuple(mean), dev, (1, 3, 1, 1))) / _constant(tuple(std), dev, (1, 3, 1, 1))
+    out = torch.sub(x, _constant(tuple(mean), dev, (1, 3, 1, 1)), out=out)
+    return out.div_(_constant(tuple(std), dev, (1, 3, 1, 1)))
+
+
+# Samples per chunk on the CPU: about this many bytes of float32 pixels, so that a chunk and the
+# operators' temporaries stay in a core's L2 cache (2 samples at 224 px, a whole batch at 32 px).
+CHUNK_BYTES = 3 << 19
+
+
+def photometric_chunks(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe, mean, std,
+                       chunk: int | None = None) -> torch.Tensor:
+    """photometric() of uint8 or float [B, 3, S, S] views, `chunk` samples at a time (default: by
+    CHUNK_BYTES), each chunk converted to float in [0, 1] on its own: on a CPU the chain of
+    operators then works in cache instead of streaming the whole batch through memory once per
+    operator. Every operator is per sample, so the result is photometric()'s on the whole batch
+    (up to float32 rounding: a convolution or matmul may sum in another order for another batch
+    size)."""
+    b, c, h, w = x.shape
+    if chunk is None:
+        chunk = max(1, CHUNK_BYTES // (4 * c * h * w))
+    out = torch.empty(b, c, h, w, dtype=torch.float32, device=x.device)
+    for start in range(0, b, chunk):
+        sl = slice(start, start + chunk)
+        xs = x[sl].float().div_(255) if x.dtype == torch.uint8 else x[sl]
+        photometric(xs, p.rows(sl), recipe, mean, std, out=out[sl])
+    return out

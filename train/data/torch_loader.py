@@ -6,8 +6,10 @@ files decode and crop) uint8 data, and the colour work runs batched on the GPU, 
 """
 from __future__ import annotations
 
+import io
 import os
 import sys
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -16,18 +18,49 @@ import torch
 from .augment import AugmentConfig
 from .dataset import DataError, ImageDataset
 from .loader_base import PretrainLoader, batch_labels, draw_params
-from .torch_aug import crop_images, crop_resize_flip, photometric, to_float_rgb
+from .torch_aug import crop_images, crop_resize_flip, photometric, photometric_chunks, to_float_rgb
 
 
 def decode_file(path: str) -> torch.Tensor:
-    """uint8 [H, W, 3] of an encoded image file; DataError naming the file when it cannot be read."""
+    """uint8 [H, W, 3] of an encoded image file; DataError naming the file when it cannot be read.
+
+    JPEGs with one or three components are decoded by torchvision.io.decode_jpeg (libjpeg-turbo,
+    straight into a tensor: the same pixels as PIL's decoder, without PIL's two copies); every
+    other file (PNG, CMYK JPEG, ...) by PIL, converted to RGB."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:3] == b"\xff\xd8\xff":
+            im = _decode_jpeg(data)
+            if im is not None:
+                return im
+        with Image.open(io.BytesIO(data)) as im:
             return torch.from_numpy(np.asarray(im.convert("RGB")).copy())
     except Exception as e:  # corrupt / truncated since the up-front check, or deleted
         raise DataError(f"cannot decode image file {path}: {e}") from e
+
+
+def _decode_jpeg(data: bytes) -> torch.Tensor | None:
+    """uint8 [H, W, 3] by libjpeg-turbo, or None (PIL then decodes it): no torchvision image ops
+    (torchvision 0.29 deprecates them), a JPEG with other than 1 or 3 components, a decoding error
+    (PIL then names it)."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            im = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+    except Exception:
+        return None
+    if im.shape[0] == 1:
+        return im[0, :, :, None].expand(-1, -1, 3).contiguous()
+    if im.shape[0] == 3:
+        return im.permute(1, 2, 0).contiguous()  # [3, H, W] over HWC memory: no copy
+    return None
 
 
 class _BatchMaker(torch.utils.data.Dataset):
@@ -60,11 +93,11 @@ class _BatchMaker(torch.utils.data.Dataset):
             params = draw_params(self.aug, [im.shape[0] for im in imgs], [im.shape[1] for im in imgs],
                                  self.seed, self.rank, epoch, step)
             # sizes differ: each crop is cut and resized on its own uint8 pixels
-            crops = [crop_images(imgs, p, r.size) for p, r in zip(params, self.aug.views)]
+            geo = [crop_images(imgs, p, r.size) for p, r in zip(params, self.aug.views)]
             if not self.finish_here:  # ship uint8 crops, colour on the GPU
-                return {**out, "crops": crops, "params": params}
-            geo = [c.float().div_(255) for c in crops]
-        out["views"] = [photometric(g, p, r, self.ds.mean, self.ds.std)
+                return {**out, "crops": geo, "params": params}
+        # on the CPU, a few samples at a time (in cache); uint8 crops become float chunk by chunk
+        out["views"] = [photometric_chunks(g, p, r, self.ds.mean, self.ds.std)
                         for g, p, r in zip(geo, params, self.aug.views)]
         return out
 
