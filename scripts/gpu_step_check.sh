@@ -7,7 +7,8 @@
 #                                                    of scripts/gpu_kernel_check.sh)
 # DALI: when nvidia.dali does not import and DALI_PARTS (default /tmp/dali) holds the parts made by
 # scripts/prepare_dali_wheels.sh, they are installed first (bench/results/README.md, "DALI").
-# STEP_TIMEOUT (s, default 240) bounds the grid; the JSON is rewritten after every case, so a cut
+# DALI_INSTALL_TIMEOUT (s, default 150) bounds that install, STEP_TIMEOUT (s, default 240) the grid
+# (together under 7 minutes); the JSON is rewritten after every case, so a cut
 # run keeps the cases it finished, most important first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,8 @@ export PYTHONUNBUFFERED=1
 PARTS=${DALI_PARTS:-/tmp/dali}
 if ! python -c "import nvidia.dali" 2>/dev/null; then
   if ls "$PARTS"/dali-wheels.tar.part-* > /dev/null 2>&1; then
-    bash scripts/install_dali_wheels.sh "$PARTS" 2>&1 | tail -n 5 | tee "$OUT/dali_install.log"
+    timeout "${DALI_INSTALL_TIMEOUT:-150}" bash scripts/install_dali_wheels.sh "$PARTS" 2>&1 | tail -n 5 \
+      | tee "$OUT/dali_install.log"
   else
     echo "DALI is not installed and $PARTS holds no parts: the dali cases are skipped" | tee "$OUT/dali_install.log"
   fi

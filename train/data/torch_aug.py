@@ -14,7 +14,8 @@ blur and solarisation on theirs (`select`; the others pass through untouched, ex
 computation leaves them, up to rounding). Brightness and contrast scale in place, saturation and
 hue are each one 3x3 colour matrix per sample (built on the host, one batched matmul pass), and a
 view's per-sample numbers reach the device in one non-blocking copy, so on a GPU the whole view is
-queued without waiting.
+queued without waiting. On the CPU (the loader's workers) photometric_chunks runs the chain a few
+samples at a time, so that it works in cache, and the blur kernels hold no float32 denormals.
 """
 from __future__ import annotations
 
