@@ -263,6 +263,9 @@ def machine() -> dict:
     if GPU:
         info["gpu"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
+        from kernels.config import dot_precision
+
+        info["fp32_dot"] = dot_precision(torch.float32)  # the kernel's fp32 dot (HEXFAST_FP32_DOT)
         try:
             info["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
