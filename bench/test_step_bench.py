@@ -204,6 +204,13 @@ def run_loader_case(ds: ImageDataset, batch: int, loader_name: str) -> dict:
 def machine() -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_cores": default_workers(),
             "device": str(DEVICE)}
+    try:  # the code measured (a checkout; "+dirty" when it has uncommitted changes)
+        head = subprocess.run(["git", "describe", "--always", "--dirty=+dirty"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, timeout=20).stdout.strip()
+        if head:
+            info["commit"] = head
+    except (OSError, subprocess.SubprocessError):
+        pass
     try:
         info["cpu"] = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
     except (OSError, AttributeError):
