@@ -45,7 +45,7 @@ INTERPRETER_CONFIG = TileConfig(block_m=128, block_n=128, block_d=64, block_dout
 # fp32 inputs: every similarity and backward dot as three tf32 tensor-core dots (the 3xTF32 split,
 # kernels/_tiles.py: dot_f32acc), as accurate as the full-fp32 dot: tests/test_kernel_fp32_dot.py
 # emulates the candidates and checks the chosen one's error against an fp64 matmul stays within a
-# small factor of fp32's ("tf32" alone is ~300x worse, "bf16x3" ~10x). "ieee" is the FMA-unit dot.
+# small factor of fp32's ("tf32" alone is 170-420x worse, "bf16x3" 6-11x). "ieee" is the FMA-unit dot.
 FP32_DOT = "tf32x3"
 FP32_DOTS = ("ieee", "tf32x3")
 
@@ -76,7 +76,7 @@ def feature_blocks(cfg: TileConfig, d: int, precision: str, arch: int | None = N
     fp32 "ieee" (FMA units): the K loop of 64 everywhere; a whole [64, 128] fp32 K step per tile spills
     thousands of bytes. fp32 "tf32x3": single K from sm_90 on (every forward pass but the finisher
     compiles without spills, the K loop spills in most), the K loop below (on sm_80 the single K step
-    spills 2-18 KB per kernel, the K loop 1-1.6 KB). The interpreter: single K (few, large programs).
+    spills 1.5-18 KB per kernel, the K loop 0.8-1.7 KB). The interpreter: single K (few, large programs).
     """
     single = precision == "tf32" or (precision == "tf32x3" and (arch is None or arch >= 90))
     if d <= cfg.single_k_max and (single or interpreting()):
