@@ -7,8 +7,8 @@
 #                                                    of scripts/gpu_kernel_check.sh)
 # DALI: when nvidia.dali does not import and DALI_PARTS (default /tmp/dali) holds the parts made by
 # scripts/prepare_dali_wheels.sh, they are installed first (bench/results/README.md, "DALI").
-# DALI_INSTALL_TIMEOUT (s, default 150) bounds that install, STEP_TIMEOUT (s, default 240) the grid
-# (together under 7 minutes); the JSON is rewritten after every case, so a cut
+# DALI_INSTALL_TIMEOUT (s, default 150) bounds that install, STEP_TIMEOUT (s, default 240 alone, 120
+# as a stage of gpu_kernel_check.sh, whose deadline also bounds this script) the grid; the JSON is rewritten after every case, so a cut
 # run keeps the cases it finished, most important first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
