@@ -693,7 +693,8 @@ def _hex_plot(design, data, plots, plt, link=".") -> list[str]:
     plt.close(fig)
     lines = [f"![eps and hierarchical fraction per rule]({link}/{path.name})", "",
              "Epoch means of eps / hierarchical fraction (% of negatives), mean over the finished seeds "
-             "(eps blank: warm-up or no threshold):", ""]
+             "(eps blank: warm-up or no threshold; epoch 0 = the first, as metrics.csv and the console "
+             "count; the plots' x is epochs completed):", ""]
     lines += ["| epoch | " + " | ".join(f"{a.name} eps | {a.name} hier." for a in hex_arms) + " |",
               "|---|" + "---|---|" * len(hex_arms)]
     series = {}
@@ -709,7 +710,7 @@ def _hex_plot(design, data, plots, plt, link=".") -> list[str]:
             fv = [s[1][ep] for s in series[arm.name] if ep in s[1]]
             cells.append(f"{statistics.fmean(ev):.4f}" if ev else "")
             cells.append(f"{100 * statistics.fmean(fv):.3f}" if fv else "")
-        lines.append(f"| {ep} | " + " | ".join(cells) + " |")
+        lines.append(f"| {ep - 1} | " + " | ".join(cells) + " |")  # per_epoch's x is epoch + 1
     return lines + [""]
 
 
