@@ -190,12 +190,11 @@ def end_line(summary: dict) -> str:
     final, initial = summary.get("final") or {}, summary.get("initial")
     where = f"end (epoch {final.get('epoch', '?')}, step {summary.get('steps', '?')})"
     gain = gains(initial, final)
-    names = METRIC_NAMES
     parts = []
     for k in ACCURACY_KEYS:
         if k not in final:
             continue
-        text = f"{names[k]} {pct(final[k])}"
+        text = f"{METRIC_NAMES[k]} {pct(final[k])}"
         if k in gain:
             text += f" ({100 * gain[k]:+.1f})"
         parts.append(text)

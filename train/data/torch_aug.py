@@ -10,12 +10,12 @@ two backends agree), then grayscale, Gaussian blur (reflect padding), solarisati
 
 Cost. The per-sample draws live on the host (params.py), so each operator runs only on the samples
 drawn for it, selected without a device sync: the colour jitter on its 80 %, grayscale on its 20 %,
-blur and solarisation on theirs (`select`; the others pass through untouched, exactly as the full
-computation leaves them, up to rounding). Brightness and contrast scale in place, saturation and
-hue are each one 3x3 colour matrix per sample (built on the host, one batched matmul pass), and a
-view's per-sample numbers reach the device in one non-blocking copy, so on a GPU the whole view is
-queued without waiting. On the CPU (the loader's workers) photometric_chunks runs the chain a few
-samples at a time, so that it works in cache, and the blur kernels hold no float32 denormals.
+blur and solarisation on theirs (`_select`; the others pass through untouched). Brightness and
+contrast scale in place, saturation and hue are each one 3x3 colour matrix per sample (built on
+the host, one batched matmul pass), and a view's per-sample numbers reach the device in one
+non-blocking copy, so on a GPU the whole view is queued without waiting. On the CPU (the loader's
+workers) photometric_chunks runs the chain a few samples at a time, so that it works in cache, and
+the blur kernels hold no float32 denormals.
 """
 from __future__ import annotations
 
@@ -200,34 +200,21 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, window: int) -> torch.Te
     return y.reshape(b, c, h, w)
 
 
-def photometric(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe, mean, std, select: bool = True,
+def photometric(x: torch.Tensor, p: ViewParams, recipe: ViewRecipe, mean, std,
                 out: torch.Tensor | None = None) -> torch.Tensor:
-    """Colour jitter, grayscale, blur, solarisation and normalisation of float [B, 3, S, S] in [0, 1].
-
-    select=False runs every operator on every sample (the draws that turn an operator off make it
-    an identity), the reference the per-sample selection is tested against. out: where the
-    normalised views are written (else a new tensor).
-    """
-    pick = _select if select else (lambda mask: None)
+    """Colour jitter, grayscale, blur, solarisation and normalisation of float [B, 3, S, S] in [0, 1],
+    each operator on the samples drawn for it only. out: where the normalised views are written
+    (else a new tensor)."""
     if recipe.jitter_prob > 0:
         drawn = (p.brightness != 1) | (p.contrast != 1) | (p.saturation != 1) | (p.hue != 0)
-        x = on_samples(x, pick(drawn), lambda xs, idx: jitter(xs, p, idx, recipe.hue > 0))
+        x = on_samples(x, _select(drawn), lambda xs, idx: jitter(xs, p, idx, recipe.hue > 0))
     if recipe.grayscale_prob > 0:
-        idx = pick(p.gray)
-        if idx is None and not select:  # the full computation: grey where drawn, else unchanged
-            flag = upload(p.gray, x.device)[:, None, None, None]
-            x = torch.where(flag, grey(x), x)
-        else:
-            x = on_samples(x, idx, lambda xs, i: grey(xs))
+        x = on_samples(x, _select(p.gray), lambda xs, idx: grey(xs))
     if recipe.blur_prob > 0:
-        x = on_samples(x, pick(p.sigma > 0),
+        x = on_samples(x, _select(p.sigma > 0),
                        lambda xs, idx: gaussian_blur(xs, upload(_take(p.sigma, idx), x.device), recipe.blur_window))
     if recipe.solarize_prob > 0:
-        if select:
-            x = on_samples(x, pick(p.solarize), lambda xs, idx: torch.where(xs >= 0.5, 1 - xs, xs))
-        else:
-            flag = upload(p.solarize, x.device)[:, None, None, None]
-            x = torch.where(flag & (x >= 0.5), 1 - x, x)
+        x = on_samples(x, _select(p.solarize), lambda xs, idx: torch.where(xs >= 0.5, 1 - xs, xs))
     dev = str(x.device)
     out = torch.sub(x, _constant(tuple(mean), dev, (1, 3, 1, 1)), out=out)
     return out.div_(_constant(tuple(std), dev, (1, 3, 1, 1)))
